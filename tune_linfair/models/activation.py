@@ -56,9 +56,13 @@ class LinearizableReLU(nn.Module):
     def _materialize(self, x: torch.Tensor) -> None:
         shape = tuple(x.shape[1:])
         self.activation_shape = shape
-        mask_shape = shape if self.granularity == "pixel" or len(shape) == 1 else (
-            shape[0],
-            *([1] * (len(shape) - 1)),
+        mask_shape = (
+            shape
+            if self.granularity == "pixel" or len(shape) == 1
+            else (
+                shape[0],
+                *([1] * (len(shape) - 1)),
+            )
         )
         self.mask = nn.Parameter(
             torch.ones(mask_shape, dtype=torch.float32, device=x.device), requires_grad=False
