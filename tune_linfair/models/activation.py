@@ -3,7 +3,7 @@
 A :class:`LinearizableReLU` computes ``m * relu(x) + (1 - m) * x`` with a mask ``m`` of one
 sample's activation shape (C, H, W) or (F,), shared across the batch (SNL, Cho et al. 2022,
 Sec. 3). With ``m = 1`` it is a ReLU, with ``m = 0`` the identity. Written as
-``x - m * relu(-x)``, which is the same function with one fewer multiply.
+``x + m * relu(-x)``, which is the same function with one fewer multiply.
 
 Mask modes:
 - ``frozen`` (default): ``m`` is a fixed 0/1 tensor, no gradient; all-ones and all-zeros
@@ -144,7 +144,7 @@ class LinearizableReLU(nn.Module):
             return torch.relu(x)
         if self._constant == 0.0:
             return x
-        return x - self.mask.to(x.dtype) * torch.relu(-x)
+        return x + self.mask.to(x.dtype) * torch.relu(-x)
 
     def extra_repr(self) -> str:
         return f"granularity={self.granularity}, stage={self.stage}, role={self.role}, mode={self._mode}"
