@@ -1,0 +1,246 @@
+"""analysis/ scripts (pareto.py, figures.py, report.py, common.py) on a synthetic Parquet run.
+
+The run is written by ``build_run`` from tests/test_results.py, with the real writer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tune_linfair.errors import UserError
+from tune_linfair.pareto import hypervolume, pareto_mask
+from tune_linfair.results import load_trials, write_trial
+
+ROOT = Path(__file__).resolve().parents[1]
+ANALYSIS = ROOT / "analysis"
+FIGURES = (
+    "fig1_group_accuracy",
+    "fig3_grad_norm",
+    "fig4_hessian",
+    "fig6_relative_drop",
+    "fig8_distance",
+    "fig9_mitigation",
+)
+
+
+def _fixture_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "_results_fixture", Path(__file__).with_name("test_results.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_run = _fixture_module().build_run
+
+
+def script(name: str) -> ModuleType:
+    """Import analysis/<name>.py the way ``python analysis/<name>.py`` sees its siblings."""
+    if str(ANALYSIS) not in sys.path:
+        sys.path.insert(0, str(ANALYSIS))
+    module = importlib.import_module(name)
+    assert Path(module.__file__).parent == ANALYSIS
+    return module
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = build_run(tmp_path_factory.mktemp("run"))
+    (run / "command.txt").write_text("python -m tune_linfair.search --objective grid --seeds 2\n")
+    (run / "versions.json").write_text(json.dumps({"torch": "2.14.1", "ray": "2.60.0"}))
+    return run
+
+
+def _norm_points(ok: pd.DataFrame) -> np.ndarray:
+    return np.column_stack(
+        [
+            1 - ok["val_accuracy"].to_numpy(float),
+            ok["val_worst_group_drop"].to_numpy(float) / 100,
+            ok["relu_count"].to_numpy(float) / 10_000,
+        ]
+    )
+
+
+def test_pareto_outputs(run_dir: Path, tmp_path: Path, capsys) -> None:
+    pareto = script("pareto")
+    assert pareto.main([str(run_dir), "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for name in (
+        "pareto.json",
+        "pareto.md",
+        "pareto_set.csv",
+        "pareto_2d.png",
+        "hv_over_trials.png",
+    ):
+        assert (tmp_path / name).stat().st_size > 0, name
+    summary = json.loads((tmp_path / "pareto.json").read_text())
+    assert summary["reference"]["normalized"] == [1.0, 1.0, 1.0]
+    assert summary["normalization"]["relu_scale"] == 10_000
+    trials = load_trials(run_dir)
+    ok = trials[trials["status"] == "ok"]
+    pts = _norm_points(ok)
+    assert summary["hypervolume_3d"] == pytest.approx(hypervolume(pts, [False] * 3, [1, 1, 1]))
+    assert summary["hypervolume_2d"] == pytest.approx(hypervolume(pts[:, :2], [False] * 2, [1, 1]))
+    assert 0 < summary["hypervolume_3d"] < summary["hypervolume_2d"] < 1
+    assert sorted(summary["pareto_3d"]) == sorted(ok.loc[ok["pareto"], "trial_id"])
+    mask2 = pareto_mask(ok[["val_accuracy", "val_worst_group_drop"]].to_numpy(float), [True, False])
+    assert sorted(summary["pareto_2d"]) == sorted(ok["trial_id"][mask2])
+    # per method: each method's front is its own
+    dr = ok[ok["method"] == "deepreduce"]
+    expect = dr["trial_id"][pareto_mask(_norm_points(dr), [False] * 3)]
+    assert sorted(summary["per_method"]["deepreduce"]["pareto_3d"]) == sorted(expect)
+    # hypervolume over trials: 19 entries (the failed trial included), non-decreasing, final = total
+    hv3 = summary["hypervolume_over_trials"]["hv_3d"]
+    assert len(hv3) == 19 and np.all(np.diff(hv3) >= -1e-12)
+    assert hv3[-1] == pytest.approx(summary["hypervolume_3d"])
+    table = pd.read_csv(tmp_path / "pareto_set.csv")
+    front = table[table["pareto_3d"]]
+    assert sorted(front["trial_id"]) == sorted(summary["pareto_3d"])
+    assert (front["checkpoint_path"] == "/ckpt/" + front["trial_id"] + ".pt").all()
+    for tid in summary["pareto_3d"]:
+        assert tid in printed
+    assert "Reference: accuracy 0 %, drop 100 %" in (tmp_path / "pareto.md").read_text()
+
+
+def test_pareto_custom_reference(run_dir: Path, tmp_path: Path) -> None:
+    pareto = script("pareto")
+    summary = pareto.analyse(run_dir, tmp_path, reference=(50.0, 60.0, 0.5))
+    assert summary["reference"]["normalized"] == pytest.approx([0.5, 0.6, 0.5])
+    ok = load_trials(run_dir).query("status == 'ok'")
+    expect = hypervolume(_norm_points(ok), [False] * 3, [0.5, 0.6, 0.5])
+    assert summary["hypervolume_3d"] == pytest.approx(expect)
+    with pytest.raises(UserError, match="3 numbers"):
+        pareto.analyse(run_dir, tmp_path, reference=(1.0, 2.0))
+
+
+@pytest.fixture(scope="module")
+def report_dir(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Figures drawn by figures.py (with --pdf), then report.py run as a script.
+
+    report.py finds the figures already there and must produce the missing Pareto outputs.
+    """
+    out = tmp_path_factory.mktemp("rep")
+    assert script("figures").main([str(run_dir), "--out", str(out / "figures"), "--pdf"]) == 0
+    proc = subprocess.run(
+        [sys.executable, "analysis/report.py", str(run_dir), "--out", str(out / "report.md")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_figures_all_drawn(report_dir: Path) -> None:
+    manifest = json.loads((report_dir / "figures" / "figures.json").read_text())
+    assert manifest["notes"] == {} and manifest["n_seeds"] == 2
+    for name in FIGURES:
+        assert manifest["files"][name] == f"{name}.png"
+        assert (report_dir / "figures" / f"{name}.png").stat().st_size > 5_000
+        assert (report_dir / "figures" / f"{name}.pdf").stat().st_size > 1_000
+
+
+def test_report_references_everything(report_dir: Path) -> None:
+    out = report_dir / "report.md"
+    text = out.read_text()
+    for name in FIGURES:
+        ref = f"figures/{name}.png"
+        assert f"]({ref})" in text and (out.parent / ref).stat().st_size > 0
+    for ref in ("pareto/pareto_2d.png", "pareto/hv_over_trials.png"):
+        assert f"]({ref})" in text and (out.parent / ref).stat().st_size > 0
+    assert "python -m tune_linfair.search --objective grid --seeds 2" in text
+    assert "- torch: 2.14.1" in text and f"- pandas: {pd.__version__}" in text
+    assert "| failed_1 | budget unreachable |" in text
+    assert "minority_b (2)" in text  # per-group drop table
+    assert "snl_60_lagrangian_s0" in text  # a Pareto trial
+    assert "HV 3-D" in text
+
+
+def test_figures_skip_absent_data(tmp_path: Path, capsys) -> None:
+    figures, common = script("figures"), script("common")
+    run = build_run(tmp_path / "run", mitigation=False)
+    _, ok = common.load_ok_trials(run)
+    with pytest.raises(figures.Skip, match="no mitigated trials"):
+        figures.fig9(ok, common.load_groups_or_none(run), "test", "finetuned")
+    shutil.rmtree(run / "groups")  # only the trials table: group figures skip, fig8 keeps (a)
+    manifest = figures.make_figures(run, tmp_path / "b")
+    assert list(manifest["files"]) == ["fig8_distance"]
+    assert set(manifest["notes"]) == set(FIGURES) - {"fig8_distance"}
+    printed = capsys.readouterr().out
+    assert printed.count("skip fig") == 5 and "no groups table" in printed
+
+
+def test_cli_empty_dir_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    proc = subprocess.run(
+        [sys.executable, "analysis/report.py", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: no trials under {tmp_path / 'trials'}: is this a tune_linfair run directory?"
+    ]
+    common = script("common")
+    for name in ("pareto", "figures", "report"):
+        assert common.run_cli(script(name).main, [str(tmp_path)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: no trials under"), name
+        assert common.run_cli(script(name).main, [str(tmp_path / "missing")]) == 2
+        assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "analysis").exists()
+
+
+def test_all_failed_run_is_a_user_error(tmp_path: Path) -> None:
+    common = script("common")
+    trial = _fixture_module().make_trial(
+        "r", "t1", method="snl", budget=0.5, mitigation="none", seed=0, minute=0
+    )[0]
+    trial.update(status="failed", error="boom")
+    write_trial(tmp_path, trial, [], [])
+    with pytest.raises(UserError, match="no successful trials"):
+        common.load_ok_trials(tmp_path)
+    pareto = script("pareto")
+    assert common.run_cli(pareto.main, [str(tmp_path)]) == 2
+
+
+def test_aggregate_seeds_two_levels() -> None:
+    common = script("common")
+    df = pd.DataFrame(
+        {
+            "method": ["a", "a", "a", "b"],
+            "seed": [0, 0, 1, 0],
+            "x": [1.0, 3.0, 4.0, 7.0],  # seed 0 of "a" averages to 2, then mean(2, 4) = 3
+        }
+    )
+    out = common.aggregate_seeds(df, ["method"], ["x"]).set_index("method")
+    assert out.loc["a", "x_mean"] == 3.0 and out.loc["a", "x_std"] == pytest.approx(np.sqrt(2))
+    assert out.loc["a", "n_seeds"] == 2 and out.loc["b", "n_seeds"] == 1
+    assert np.isnan(out.loc["b", "x_std"])
+
+
+def test_no_torch_or_ray_imported() -> None:
+    code = (
+        "import sys; sys.path.insert(0, 'analysis');"
+        "import tune_linfair.results, tune_linfair.pareto, common, pareto, figures, report;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray'));"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,477 @@
+"""Parquet results of a sweep: explicit schemas, atomic per-trial writers, loaders.
+
+A run directory ``RUN`` holds three Parquet datasets, one file per trial in each::
+
+    RUN/trials/<trial_id>.parquet    one row per trial (configuration, objectives, cost)
+    RUN/groups/<trial_id>.parquet    one row per trial x stage x split x group
+    RUN/samples/<trial_id>.parquet   one row per trial x stage x split x sample
+
+Units. Accuracies are fractions in [0, 1]; a *relative drop* is in percent,
+``100 * (acc_base_a - acc_a) / acc_base_a`` (DESIGN.md section 6, the paper's Eq. for the
+group drop); the worst-group drop is the max of that over groups; the parity gap is
+``max_a acc_a - min_a acc_a`` (a fraction, like accuracy). ReLU counts are per image.
+
+Atomicity (DESIGN.md section 8). :func:`write_trial` writes each file to a hidden temporary
+file in the same directory, ``fsync``s it and ``os.replace``s it onto ``<trial_id>.parquet``,
+then ``fsync``s the directory: a crash leaves either the old file or the new one, never a
+partial one, and rewriting a trial (a resumed sweep) replaces its rows instead of
+duplicating them. Groups and samples are written before the trials row, so a trials row
+implies its details exist. Readers (pyarrow datasets, ``pd.read_parquet(dir)``) skip
+hidden files, hence never see a temporary file.
+
+The column lists below (``TRIALS_SCHEMA``, ``GROUPS_SCHEMA``, ``SAMPLES_SCHEMA``) carry a
+description of every column in the field metadata; :func:`describe` renders them as the
+Markdown tables of the README. Every column is nullable except the ids ``run_id`` and
+``trial_id``. The loaders return nullable pandas dtypes for integers (``Int64``) and
+flags (``boolean``) so a missing value never silently turns a count into a float.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from tune_linfair.errors import UserError
+from tune_linfair.pareto import pareto_mask
+
+__all__ = [
+    "GROUPS_COLUMNS",
+    "GROUPS_SCHEMA",
+    "OBJECTIVES",
+    "SAMPLES_COLUMNS",
+    "SAMPLES_SCHEMA",
+    "TABLES",
+    "TRIALS_COLUMNS",
+    "TRIALS_SCHEMA",
+    "describe",
+    "load_groups",
+    "load_samples",
+    "load_table",
+    "load_trials",
+    "plot_pareto",
+    "read_trial_row",
+    "trial_file",
+    "write_trial",
+]
+
+_F = pa.float64()
+_I = pa.int64()
+_S = pa.string()
+_B = pa.bool_()
+_T = pa.timestamp("us", tz="UTC")
+_IDS = ("run_id", "trial_id")
+
+
+def _schema(columns: Sequence[tuple[str, pa.DataType, str]]) -> pa.Schema:
+    """Build a schema whose fields carry their description; ids are non-nullable."""
+    return pa.schema(
+        [
+            pa.field(name, typ, nullable=name not in _IDS, metadata={"description": doc})
+            for name, typ, doc in columns
+        ]
+    )
+
+
+TRIALS_SCHEMA: pa.Schema = _schema(
+    [
+        ("run_id", _S, "sweep identifier (one run directory)"),
+        ("trial_id", _S, "trial identifier, unique within the run; also the file name"),
+        ("stage", _S, "last stage the trial reached: base, linearized or finetuned"),
+        ("dataset", _S, "dataset name (digits, synthetic, cifar10, svhn, utkface)"),
+        ("model", _S, "model name from the registry (e.g. resnet18)"),
+        ("width", _I, "model width multiplier"),
+        ("method", _S, "linearization method: snl or deepreduce"),
+        ("granularity", _S, "granularity of the ReLU masks the method removes"),
+        ("mitigation", _S, "fine-tuning mitigation: none, lagrangian or accuracy_gap"),
+        ("budget", _F, "requested ReLU budget as a fraction of relu_total"),
+        ("relu_count", _I, "ReLUs kept (per image) after linearization"),
+        ("relu_total", _I, "ReLUs of the all-ReLU model (per image)"),
+        ("relu_fraction", _F, "relu_count / relu_total"),
+        ("mu", _F, "multiplier step size of the mitigation (lagrangian)"),
+        ("epsilon", _F, "slack of the accuracy_gap constraint (fraction)"),
+        ("lr", _F, "fine-tuning learning rate"),
+        ("epochs", _I, "fine-tuning epochs"),
+        ("seed", _I, "random seed (data split, base model, linearization, fine-tuning)"),
+        ("val_accuracy", _F, "global accuracy on validation (fraction in [0, 1])"),
+        ("test_accuracy", _F, "global accuracy on test (fraction in [0, 1])"),
+        ("val_worst_group_drop", _F, "max over groups of the relative drop on validation (%)"),
+        ("test_worst_group_drop", _F, "max over groups of the relative drop on test (%)"),
+        ("val_parity_gap", _F, "max_a acc_a - min_a acc_a on validation (fraction)"),
+        ("test_parity_gap", _F, "max_a acc_a - min_a acc_a on test (fraction)"),
+        ("base_val_accuracy", _F, "validation accuracy of the all-ReLU base model"),
+        ("base_test_accuracy", _F, "test accuracy of the all-ReLU base model"),
+        ("weight_distance", _F, "||theta_final - theta_base||_2 over shared weights"),
+        ("est_online_latency_s", _F, "estimated online private-inference latency (s)"),
+        ("est_online_comm_mb", _F, "estimated online communication (MB)"),
+        ("est_offline_storage_mb", _F, "estimated offline garbled-circuit storage (MB)"),
+        ("wall_time_s", _F, "wall-clock time of the trial (s)"),
+        ("status", _S, "ok or failed"),
+        ("error", _S, "reason of the failure (null when ok)"),
+        ("checkpoint_path", _S, "path of the final model checkpoint"),
+        ("base_key", _S, "cache key of the base model"),
+        ("lin_key", _S, "cache key of the linearized model"),
+        ("config_json", _S, "the trial's resolved configuration as JSON"),
+        ("finished_at", _T, "when the trial finished (UTC)"),
+    ]
+)
+
+GROUPS_SCHEMA: pa.Schema = _schema(
+    [
+        ("run_id", _S, "sweep identifier"),
+        ("trial_id", _S, "trial identifier (joins trials.trial_id)"),
+        ("stage", _S, "base (all-ReLU model), linearized (right after linearization) or finetuned"),
+        ("split", _S, "val or test"),
+        ("group", _I, "group id"),
+        ("group_name", _S, "group name"),
+        ("n", _I, "samples of the group in the split"),
+        ("accuracy", _F, "group accuracy (fraction)"),
+        ("base_accuracy", _F, "group accuracy of the base model on the same split"),
+        ("relative_drop", _F, "100 * (base_accuracy - accuracy) / base_accuracy (%)"),
+        ("loss", _F, "mean cross-entropy over the group's samples"),
+        ("grad_norm", _F, "||grad_theta J(theta; S_a)||_2, J = mean CE over the group"),
+        ("hessian_top_eig", _F, "top Hessian eigenvalue of J(theta; S_a) (power iteration)"),
+        ("mean_margin", _F, "mean softmax margin p_top1 - p_top2 over the group"),
+        (
+            "mean_geometric_distance",
+            _F,
+            "mean first-order boundary distance (z_1 - z_2) / ||grad_x (z_1 - z_2)||",
+        ),
+    ]
+)
+
+SAMPLES_SCHEMA: pa.Schema = _schema(
+    [
+        ("run_id", _S, "sweep identifier"),
+        ("trial_id", _S, "trial identifier (joins trials.trial_id)"),
+        ("stage", _S, "base, linearized or finetuned"),
+        ("split", _S, "val or test"),
+        ("index", _I, "index of the sample in its split"),
+        ("group", _I, "group id"),
+        ("label", _I, "true class"),
+        ("prediction", _I, "predicted class"),
+        ("correct", _B, "prediction == label"),
+        ("margin", _F, "softmax margin p_top1 - p_top2"),
+        ("geometric_distance", _F, "first-order boundary distance (z_1 - z_2) / ||grad_x||"),
+    ]
+)
+
+TRIALS_COLUMNS: tuple[str, ...] = tuple(TRIALS_SCHEMA.names)
+GROUPS_COLUMNS: tuple[str, ...] = tuple(GROUPS_SCHEMA.names)
+SAMPLES_COLUMNS: tuple[str, ...] = tuple(SAMPLES_SCHEMA.names)
+
+TABLES: dict[str, pa.Schema] = {
+    "trials": TRIALS_SCHEMA,
+    "groups": GROUPS_SCHEMA,
+    "samples": SAMPLES_SCHEMA,
+}
+
+OBJECTIVES: tuple[tuple[str, bool], ...] = (
+    ("val_accuracy", True),
+    ("val_worst_group_drop", False),
+    ("relu_count", False),
+)
+"""Search objectives as (column, maximize): DESIGN.md section 7, ``--objective pareto``."""
+
+
+def describe(table: str | None = None) -> str:
+    """Markdown tables (column, type, description) of one table or of all three.
+
+    docs/readme_results.md embeds this text (tests/test_results.py checks it is current).
+    """
+    names = [table] if table is not None else list(TABLES)
+    out: list[str] = []
+    for name in names:
+        if name not in TABLES:
+            raise ValueError(f"unknown table {name!r}; choose one of: {', '.join(TABLES)}")
+        out += [f"### `{name}`", "", "| column | type | description |", "| --- | --- | --- |"]
+        for f in TABLES[name]:
+            doc = (f.metadata or {}).get(b"description", b"").decode().replace("|", "\\|")
+            typ = ("float64" if f.type == _F else str(f.type)) + (
+                "" if f.nullable else ", not null"
+            )
+            out.append(f"| `{f.name}` | {typ} | {doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------
+# writing
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float | np.floating) and math.isnan(value)
+
+
+def _coerce(value: Any, typ: pa.DataType, column: str) -> Any:
+    """Convert one Python/numpy value to the schema type; ValueError when impossible."""
+    if _is_missing(value):
+        return None  # NaN is stored as null: one representation of "no value"
+    if pa.types.is_floating(typ):
+        if isinstance(value, bool | np.bool_):
+            raise ValueError(f"column {column!r}: expected a number, got bool {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"column {column!r}: expected a number, got {value!r}") from None
+    if pa.types.is_integer(typ):
+        if isinstance(value, bool | np.bool_):
+            raise ValueError(f"column {column!r}: expected an integer, got bool {value!r}")
+        if isinstance(value, int | np.integer):
+            return int(value)
+        if isinstance(value, float | np.floating) and float(value).is_integer():
+            return int(value)
+        raise ValueError(f"column {column!r}: expected an integer, got {value!r}")
+    if pa.types.is_boolean(typ):
+        if isinstance(value, bool | np.bool_) or value in (0, 1):
+            return bool(value)
+        raise ValueError(f"column {column!r}: expected a bool, got {value!r}")
+    if pa.types.is_string(typ):
+        if isinstance(value, Mapping | list | tuple):
+            return json.dumps(value, sort_keys=True, default=str)
+        return str(value)
+    if pa.types.is_timestamp(typ):
+        if isinstance(value, int | float | np.integer | np.floating):
+            return dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
+        ts = pd.Timestamp(value)
+        if ts.tzinfo is None:
+            raise ValueError(f"column {column!r}: timestamp {value!r} has no time zone")
+        return ts.tz_convert("UTC").to_pydatetime()
+    raise TypeError(f"unsupported type {typ} for column {column!r}")
+
+
+def _table(name: str, rows: Sequence[Mapping[str, Any]], ids: Mapping[str, str]) -> pa.Table:
+    """Validate ``rows`` against ``TABLES[name]`` and build the Arrow table.
+
+    Every row must have exactly the schema's columns (ValueError otherwise: a programming
+    error, not a user one) and the same ``run_id``/``trial_id`` as the trial.
+    """
+    schema = TABLES[name]
+    expected = set(schema.names)
+    columns: dict[str, list[Any]] = {c: [] for c in schema.names}
+    for i, row in enumerate(rows):
+        keys = set(row)
+        if keys != expected:
+            missing = sorted(expected - keys)
+            extra = sorted(keys - expected)
+            raise ValueError(f"{name} row {i}: missing columns {missing}, unknown keys {extra}")
+        for key, want in ids.items():
+            if row[key] != want:
+                raise ValueError(f"{name} row {i}: {key} {row[key]!r} != trial's {want!r}")
+        for f in schema:
+            try:
+                columns[f.name].append(_coerce(row[f.name], f.type, f.name))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} row {i}: {exc}") from exc
+    arrays = [pa.array(columns[f.name], type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _check_trial_id(trial_id: Any) -> str:
+    """A trial id must be a usable, visible file name (pyarrow skips names with . or _)."""
+    if not isinstance(trial_id, str) or not trial_id:
+        raise ValueError(f"trial_id must be a non-empty string, got {trial_id!r}")
+    if trial_id[0] in "._" or any(c in trial_id for c in '/\\:*?"<>|\0'):
+        raise ValueError(
+            f"trial_id {trial_id!r} cannot name a file: no leading '.'/'_', no path characters"
+        )
+    return trial_id
+
+
+def trial_file(run_dir: str | os.PathLike[str], table: str, trial_id: str) -> Path:
+    """Path of one trial's file: ``RUN/<table>/<trial_id>.parquet``."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(TABLES)}")
+    return Path(run_dir) / table / f"{_check_trial_id(trial_id)}.parquet"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a rename (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` via a hidden temp file, fsync and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_trial(
+    run_dir: str | os.PathLike[str],
+    trial_row: Mapping[str, Any],
+    group_rows: Sequence[Mapping[str, Any]],
+    sample_rows: Sequence[Mapping[str, Any]],
+) -> None:
+    """Atomically write (or replace) one trial's rows in ``RUN/{groups,samples,trials}``.
+
+    Each dict must hold exactly its table's columns (``None`` for a missing value); values
+    are coerced to the schema types (ints that are whole floats are accepted, dicts become
+    JSON strings, NaN is stored as null, timestamps must carry a time zone). Groups and samples are written first
+    and the trials row last, so a trials row implies its details exist; every file is
+    written even when its list is empty, so a rewrite with fewer rows leaves no stale ones.
+    ValueError on a missing/extra column, an uncoercible value or ids that disagree.
+    """
+    trial_id = _check_trial_id(trial_row.get("trial_id"))
+    ids = {"run_id": trial_row.get("run_id"), "trial_id": trial_id}
+    if not isinstance(ids["run_id"], str) or not ids["run_id"]:
+        raise ValueError(f"run_id must be a non-empty string, got {ids['run_id']!r}")
+    tables = {
+        "groups": _table("groups", group_rows, ids),
+        "samples": _table("samples", sample_rows, ids),
+        "trials": _table("trials", [trial_row], ids),
+    }
+    for name in ("groups", "samples", "trials"):  # trials last
+        _write_atomic(tables[name], trial_file(run_dir, name, trial_id))
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+
+
+def _types_mapper(typ: pa.DataType) -> Any:
+    """Nullable pandas dtypes for ints and bools; pandas' defaults otherwise."""
+    if pa.types.is_integer(typ):
+        return pd.Int64Dtype()
+    if pa.types.is_boolean(typ):
+        return pd.BooleanDtype()
+    return None
+
+
+def load_table(run_dir: str | os.PathLike[str], table: str) -> pd.DataFrame:
+    """Read ``RUN/<table>/*.parquet`` with the explicit schema into a DataFrame.
+
+    UserError (one line) when the directory holds no such files or a file is not one of
+    ours (a foreign or corrupt Parquet file, ids missing).
+    """
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(TABLES)}")
+    run = Path(run_dir)
+    folder = run / table
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    files = [f for f in files if not f.name.startswith((".", "_"))]
+    if not files:
+        raise UserError(
+            f"no {table} under {folder}: is this a tune_linfair run directory?"
+            if run.is_dir()
+            else f"run directory {run} does not exist"
+        )
+    schema = TABLES[table]
+    try:
+        data = pads.dataset([str(f) for f in files], schema=schema, format="parquet").to_table()
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(
+            f"{folder} holds a file that is not a tune_linfair {table} table: {first}"
+        ) from None
+    if any(data.column(c).null_count for c in _IDS):
+        raise UserError(f"{folder} holds rows without run_id/trial_id: not a tune_linfair table")
+    return data.to_pandas(types_mapper=_types_mapper)
+
+
+def load_trials(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """All trials rows, sorted by ``finished_at`` then ``trial_id``, plus a ``pareto`` column.
+
+    ``pareto`` is True for the rows with ``status == "ok"`` and finite objectives that no
+    other such row dominates on (val_accuracy max, val_worst_group_drop min, relu_count
+    min) (see :data:`OBJECTIVES` and :func:`tune_linfair.pareto.pareto_mask`).
+    """
+    df = load_table(run_dir, "trials")
+    df = df.sort_values(["finished_at", "trial_id"], na_position="last", kind="stable")
+    df = df.reset_index(drop=True)
+    ok = (df["status"] == "ok").fillna(False).to_numpy(dtype=bool)
+    cols = [c for c, _ in OBJECTIVES]
+    pts = df.loc[ok, cols].astype("float64").to_numpy(na_value=np.nan)
+    flag = np.zeros(len(df), dtype=bool)
+    flag[np.flatnonzero(ok)] = pareto_mask(pts, [m for _, m in OBJECTIVES])
+    df["pareto"] = flag
+    return df
+
+
+def load_groups(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """All groups rows (trial x stage x split x group); see :data:`GROUPS_SCHEMA`."""
+    return load_table(run_dir, "groups")
+
+
+def load_samples(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """All samples rows (trial x stage x split x sample); see :data:`SAMPLES_SCHEMA`."""
+    return load_table(run_dir, "samples")
+
+
+def read_trial_row(run_dir: str | os.PathLike[str], trial_id: str) -> dict[str, Any] | None:
+    """The stored trials row of ``trial_id`` as a dict (nulls as None), or None if absent.
+
+    A resumed sweep uses it to skip trials that already finished: the file exists only
+    once the whole trial (groups and samples included) was written.
+    """
+    path = trial_file(run_dir, "trials", trial_id)
+    if not path.is_file():
+        return None
+    rows = pq.read_table(path, schema=TRIALS_SCHEMA).to_pylist()
+    return rows[0] if rows else None
+
+
+def plot_pareto(trials: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Scatter validation accuracy (%) vs worst-group drop (%) of the ok trials; save a PNG.
+
+    Colour = method; Pareto trials (the ``pareto`` column of :func:`load_trials`, i.e. the
+    3-objective front) are ringed in black. matplotlib is imported here, with the Agg
+    backend, only when a plot is asked for. analysis/pareto.py draws the fuller version.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = trials[(trials["status"] == "ok").fillna(False).astype(bool)]
+    acc = 100 * ok["val_accuracy"].astype("float64").to_numpy(na_value=np.nan)
+    drop = ok["val_worst_group_drop"].astype("float64").to_numpy(na_value=np.nan)
+    front = ok["pareto"].to_numpy(dtype=bool) if "pareto" in ok else np.zeros(len(ok), bool)
+    methods = ok["method"].fillna("?").astype(str).to_numpy()
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    for method in sorted(set(methods)):
+        sel = methods == method
+        ax.scatter(drop[sel], acc[sel], s=30, alpha=0.7, label=method)
+    ax.scatter(drop[front], acc[front], s=90, facecolors="none", edgecolors="k", label="Pareto")
+    ax.set_xlabel("validation worst-group relative drop (%)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Trials (Pareto: accuracy, worst-group drop, ReLU count)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
