@@ -270,6 +270,8 @@ def fit(
         result = evaluate(model, val)
         log["epoch"] = float(epoch)
         log["val_accuracy"] = result.accuracy()
+        for a in torch.unique(result.g).tolist():
+            log[f"val_acc_g{a}"] = 100.0 * float(result.correct[result.g == a].float().mean())
         score = select(result) if select is not None else float(epoch)
         log["score"] = score
         if score > best_score:
