@@ -188,6 +188,30 @@ def test_synthetic_linear_model_fails_minority_more():
         assert ds.train.y[ds.train.g == a].unique().numel() == 2
 
 
+def test_synthetic_geometry_majority_separable_minority_at_the_curved_tip():
+    from tune_linfair.data.synthetic import MARGIN, boundary, distance_to_boundary
+
+    ds = get_dataset("synthetic", seed=0)
+    norm = ds.info["normalization"]
+    mean = torch.as_tensor(norm["mean"]).view(1, -1)
+    std = torch.as_tensor(norm["std"]).view(1, -1)
+    x = torch.cat([s.x for s in (ds.train, ds.val, ds.test)]) * std + mean
+    y = torch.cat([s.y for s in (ds.train, ds.val, ds.test)])
+    g = torch.cat([s.g for s in (ds.train, ds.val, ds.test)])
+    dist = distance_to_boundary(x)
+    # Majority: margin 0.3 minus the 0.03-std input noise; the true boundary gets all of it.
+    assert float(dist[g == 0].min()) > MARGIN - 0.1
+    truth = (x[:, 1] > boundary(x[:, 0])).long() == y
+    assert bool(truth[g == 0].all())
+    # Minority: close to the boundary, at the tip (|x1| small), with some class overlap.
+    assert float(dist[g == 1].median()) < 0.15
+    assert float(x[g == 1, 0].abs().median()) < 0.25
+    assert 0.85 < float(truth[g == 1].float().mean()) < 1.0
+    # Known points: the tip and a flat-region point.
+    pts = torch.tensor([[0.0, 2.0], [3.0, 0.5]])
+    assert torch.allclose(distance_to_boundary(pts), torch.tensor([0.0, 0.5]), atol=2e-3)
+
+
 # ---------------------------------------------------------------- cifar10 (fake files)
 
 
