@@ -1,0 +1,279 @@
+"""Fine-tuning a linearized student by distillation, with or without a fairness mitigation.
+
+One entry point, :func:`finetune`, runs the fine-tuning stage of both SNL and DeepReDuce
+(DESIGN.md section 5): knowledge distillation from the frozen base model (the teacher),
+``L_KD = CE + T^2 * KL`` with T = 4 (Das, Romanelli, Fioretto, ICML 2024, Sec. 5), SGD
+(lr 1e-3, momentum 0.9, weight decay 5e-4) over the weights only (the binary masks stay
+frozen), a cosine learning-rate schedule over the epochs, and model selection on the
+validation split (never the test split) through :func:`tune_linfair.train.fit`.
+
+Mitigations (:data:`MITIGATIONS`, formulas in :mod:`tune_linfair.finetune.mitigation`):
+
+- ``none``: plain KD (the paper's baseline). It runs :class:`LagrangianKD` with
+  ``mu = 0``, whose update is exactly plain KD's, so that every mitigation logs the same
+  per-group columns (``lambda_<a>`` = 0, ``violation_<a>`` = ``|L(S) - L(S_a)|``);
+- ``lagrangian``: the paper's Algorithm 1 with the penalty back-propagated
+  (:class:`LagrangianKD`, step ``mu``);
+- ``accuracy_gap``: Balancing Act's accuracy-gap constraints (Hashemizadeh et al., ICLR
+  2024; :class:`AccuracyGapLoss`, tolerance ``epsilon``, multiplier step ``dual_lr``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tune_linfair.data.augment import random_crop_flip
+from tune_linfair.data.base import GroupedDataset
+from tune_linfair.errors import UserError, unknown
+from tune_linfair.finetune.kd import TEMPERATURE, KDLoss, TeacherLogits, kd_per_sample
+from tune_linfair.finetune.mitigation import (
+    MITIGATIONS,
+    AccuracyGapLoss,
+    LagrangianKD,
+    group_sums,
+)
+from tune_linfair.models.activation import linearizable_layers, weight_parameters
+from tune_linfair.train import (
+    EvalResult,
+    Selector,
+    evaluate,
+    fit,
+    model_device,
+    seed_everything,
+    val_accuracy,
+)
+
+SELECTORS: tuple[str, ...] = ("accuracy", "worst_group")
+"""Model-selection criteria on the validation split: overall accuracy, or the minimum
+per-group accuracy."""
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Fine-tuning settings (validated on construction; errors are one-line UserErrors).
+
+    - ``mitigation``: one of :data:`MITIGATIONS`;
+    - ``mu`` (>= 0): step of the ``lagrangian`` multipliers, in units of the KD-loss gap
+      (ignored by the other mitigations);
+    - ``epsilon`` (>= 0, percentage points) and ``dual_lr`` (>= 0, multiplier change per
+      percentage point of violation per epoch): ``accuracy_gap``'s tolerance and step;
+    - ``lr`` (> 0), ``momentum`` in [0, 1), ``weight_decay`` (>= 0): SGD, cosine schedule
+      over ``epochs``;
+    - ``batch_size``, ``temperature`` (> 0) of the distillation;
+    - ``select``: ``"accuracy"`` (validation accuracy) or ``"worst_group"`` (minimum
+      per-group validation accuracy).
+
+    Defaults follow DESIGN.md section 5 (lr 1e-3, momentum 0.9, wd 5e-4, T = 4); ``epochs``
+    and ``batch_size`` are sized for the default ``digits`` data (647 training images).
+    """
+
+    mitigation: str = "none"
+    mu: float = 0.0
+    epsilon: float = 0.0
+    dual_lr: float = 0.01
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    epochs: int = 20
+    batch_size: int = 64
+    temperature: float = TEMPERATURE
+    select: str = "accuracy"
+
+    def __post_init__(self) -> None:
+        if self.mitigation not in MITIGATIONS:
+            raise unknown("mitigation", self.mitigation, MITIGATIONS)
+        if self.select not in SELECTORS:
+            raise unknown("model selection", self.select, SELECTORS)
+        for name in ("mu", "epsilon", "dual_lr", "weight_decay"):
+            if _number(name, getattr(self, name)) < 0:
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("lr", "temperature"):
+            if _number(name, getattr(self, name)) <= 0:
+                raise UserError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0.0 <= _number("momentum", self.momentum) < 1.0:
+            raise UserError(f"momentum must lie in [0, 1), got {self.momentum!r}")
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` returns.
+
+    ``history``: one dict per epoch (train loss, ``val_accuracy``, per-group validation
+    accuracies, ``score``, and every ``lambda_<a>`` / ``violation_<a>``);
+    ``best_epoch`` / ``best_score``: the epoch selected on validation and its score;
+    ``multipliers``: the final multipliers (state dict of the mitigation).
+    """
+
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_score: float
+    multipliers: dict[str, torch.Tensor]
+    steps: int
+
+
+def worst_group_accuracy(result: EvalResult) -> float:
+    """Selector: the minimum over non-empty groups of the per-group accuracy (percent)."""
+    groups = torch.unique(result.g)
+    if len(groups) == 0:
+        return math.nan
+    correct = result.correct.float()
+    return min(100.0 * float(correct[result.g == a].mean()) for a in groups.tolist())
+
+
+def _selector(name: str) -> Selector:
+    return val_accuracy if name == "accuracy" else worst_group_accuracy
+
+
+def _check_groups(data: GroupedDataset) -> None:
+    for name in ("train", "val", "test"):
+        g = data.split(name).g
+        if len(g) and (int(g.min()) < 0 or int(g.max()) >= data.num_groups):
+            raise UserError(
+                f"{data.name} {name} split has group ids {int(g.min())}..{int(g.max())} "
+                f"but {data.num_groups} group names; ids must lie in 0..{data.num_groups - 1}"
+            )
+
+
+def train_group_accuracy(teacher: TeacherLogits, data: GroupedDataset) -> list[float]:
+    """The base model's per-group accuracy (percent) on the training split.
+
+    From the cached teacher logits when there are any, else one evaluation pass.
+    """
+    logits = (
+        teacher.cache if teacher.cache is not None else evaluate(teacher.teacher, data.train).logits
+    )
+    result = EvalResult(logits, data.train.y.cpu(), data.train.g.cpu())
+    return result.group_accuracy(data.num_groups)
+
+
+def build_loss(
+    settings: FinetuneSettings,
+    teacher: TeacherLogits,
+    data: GroupedDataset,
+    base_accuracy: Sequence[float] | None = None,
+) -> LagrangianKD | AccuracyGapLoss:
+    """The ``loss_fn`` of ``settings.mitigation`` (see the module docstring)."""
+    if settings.mitigation == "accuracy_gap":
+        if base_accuracy is None:
+            base_accuracy = train_group_accuracy(teacher, data)
+            # A group with no training sample has no base accuracy and never a violation.
+            base_accuracy = [0.0 if math.isnan(v) else v for v in base_accuracy]
+        return AccuracyGapLoss(
+            teacher,
+            base_accuracy,
+            epsilon=settings.epsilon,
+            dual_lr=settings.dual_lr,
+            temperature=settings.temperature,
+            num_groups=data.num_groups,
+        )
+    mu = settings.mu if settings.mitigation == "lagrangian" else 0.0
+    return LagrangianKD(teacher, data.num_groups, mu, settings.temperature)
+
+
+def finetune(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: GroupedDataset,
+    settings: FinetuneSettings,
+    *,
+    seed: int = 0,
+    on_epoch_end: Callable[[int, dict[str, float], nn.Module], None] | None = None,
+    progress: bool = False,
+    base_accuracy: Sequence[float] | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``student`` in place by distillation from ``teacher`` under ``settings``.
+
+    Loss: ``settings.mitigation``'s (see :mod:`tune_linfair.finetune.mitigation`); SGD over
+    the weights (masks excluded, they stay frozen) with ``lr``, ``momentum``,
+    ``weight_decay`` and a cosine schedule to 0 over ``epochs``; batch order and
+    augmentation seeded by ``seed``. The student ends with the weights of the epoch that
+    scored best on the validation split (``settings.select``); the test split is not used.
+    ``base_accuracy`` (``accuracy_gap`` only): the base model's per-group training
+    accuracy in percent, measured from ``teacher`` when None. The student's device is used;
+    teacher and data are moved there.
+    """
+    if not isinstance(settings, FinetuneSettings):
+        raise UserError(f"settings must be a FinetuneSettings, got {type(settings).__name__}")
+    _check_groups(data)
+    if base_accuracy is not None and len(base_accuracy) != data.num_groups:
+        raise UserError(
+            f"base_accuracy has {len(base_accuracy)} entries but {data.name} has "
+            f"{data.num_groups} groups"
+        )
+    trainable = [name for name, layer in linearizable_layers(student) if layer.mode != "frozen"]
+    if trainable:
+        raise UserError(
+            f"student mask {trainable[0]!r} is still trainable; binarize and freeze the "
+            "masks (linearize) before fine-tuning"
+        )
+    device = model_device(student)
+    teacher = teacher.to(device)
+    data = data.to(device)
+    generator = seed_everything(seed)
+
+    teacher_logits = TeacherLogits(teacher, data.train, augmented=data.augment)
+    loss_fn = build_loss(settings, teacher_logits, data, base_accuracy)
+    params = [p for _, p in weight_parameters(student) if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=settings.epochs)
+
+    result = fit(
+        student,
+        data.train,
+        data.val,
+        loss_fn,
+        optimizer,
+        epochs=settings.epochs,
+        batch_size=settings.batch_size,
+        generator=generator,
+        scheduler=scheduler,
+        augment=random_crop_flip if data.augment else None,
+        select=_selector(settings.select),
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+        desc=f"finetune[{settings.mitigation}]",
+    )
+    return FinetuneResult(
+        history=result.history,
+        best_epoch=result.best_epoch,
+        best_score=result.best_score,
+        multipliers=loss_fn.state_dict(),
+        steps=result.steps,
+    )
+
+
+__all__ = [
+    "MITIGATIONS",
+    "SELECTORS",
+    "AccuracyGapLoss",
+    "FinetuneResult",
+    "FinetuneSettings",
+    "KDLoss",
+    "LagrangianKD",
+    "TeacherLogits",
+    "finetune",
+    "group_sums",
+    "kd_per_sample",
+    "worst_group_accuracy",
+]
