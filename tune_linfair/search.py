@@ -127,10 +127,24 @@ def preflight(space: SearchSpace, objective: str) -> None:
     )
     total = total_relus(model)
     methods = _values(space, "method", objective)
-    for budget in _budget_values(space, objective):
+    budgets = _budget_values(space, objective)
+    for budget in budgets:
         resolve_budget(budget, total)
-        if "deepreduce" in methods and objective == "grid":
-            select_config(model, budget)
+    if "deepreduce" in methods and budgets:
+        # Staged model required; budgets no configuration meets fail their own trials
+        # (recorded as failed rows), unless no budget at all can be met.
+        unmet = []
+        for budget in budgets:
+            try:
+                select_config(model, budget)
+            except UserError as err:
+                if "below every DeepReDuce configuration" not in str(err):
+                    raise
+                unmet.append((budget, str(err)))
+        if len(unmet) == len(budgets):
+            raise UserError(unmet[0][1])
+        for budget, _ in unmet:
+            print(f"note: deepreduce cannot meet budget {budget}; those trials will fail")
 
 
 def _values(space: SearchSpace, key: str, objective: str) -> list:
