@@ -1,0 +1,300 @@
+"""Test the paper's claims on a grid run, with statistics, from Parquet alone.
+
+Das, Romanelli, Fioretto (ICML 2024), "Disparate Impact on Group Accuracy of Linearization
+for Private Inference". For each claim the script prints held / did not hold / mixed with
+the numbers, and writes ``claims.md`` and ``claims.json``:
+
+1. Minority groups lose more accuracy than majority groups, more so as budgets shrink
+   (Sec. 3, Figs. 1 and 6). Minority = the groups with fewer validation samples than the
+   mean group (the unbalanced training distribution); per (method, budget) the mean
+   relative test drop of minority vs majority groups, paired over seeds (Wilcoxon
+   signed-rank), and Spearman's rho of the minority-minus-majority gap against the budget.
+2. Group gradient norms and Hessian top eigenvalues rank with the drop (Sec. 4, Figs. 3
+   and 4): Spearman's rho, per trial, between each group's diagnostic at the base weights
+   and its relative drop; reported as the mean rho and the share of trials with rho > 0.
+3. Groups nearer the decision boundary lose more (Sec. 4.2, Fig. 8): the same with the
+   base model's mean softmax margin (expected rho < 0).
+4. Mitigation lowers the worst-group drop at small budgets without hurting global accuracy
+   much (Sec. 5, Fig. 9): per (method, budget, mitigation), paired differences against
+   ``none`` over seeds (mean and Wilcoxon p) for the test worst-group drop and accuracy.
+
+Theorem 4.4 (the excess-loss bound) is checked per trial and group: ``R(a) =
+J(theta_lin; S_a) - J(theta; S_a)`` (test cross-entropy of the fine-tuned linearized model
+minus the base model's) against ``B(a) = ||g_a|| D + 0.5 lambda_max(H_a) D^2`` with
+``g_a``, ``H_a`` at the base weights and ``D = ||theta_lin - theta||`` (the trials'
+``weight_distance``). Note that the bound treats linearization as a weight perturbation
+alone; the masks change the function too, so the check is empirical.
+
+Usage: ``python analysis/claims.py RUN_DIR [RUN_DIR ...] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from common import as_float, load_ok_trials, markdown_table, run_cli
+from scipy import stats
+
+from tune_linfair.errors import UserError
+from tune_linfair.results import load_groups
+
+
+def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ok trials and group rows of several run directories (trial ids made unique)."""
+    trials, groups = [], []
+    for run in run_dirs:
+        _, ok = load_ok_trials(run)
+        g = load_groups(run)
+        ok = ok.assign(trial_id=run.name + "/" + ok["trial_id"].astype(str))
+        g = g.assign(trial_id=run.name + "/" + g["trial_id"].astype(str))
+        trials.append(ok)
+        groups.append(g)
+    return pd.concat(trials, ignore_index=True), pd.concat(groups, ignore_index=True)
+
+
+def minority_groups(groups: pd.DataFrame) -> set[int]:
+    """Groups with fewer validation samples than the mean group."""
+    val = groups[(groups["split"] == "val") & (groups["stage"] == "base")]
+    if val.empty:
+        raise UserError("no base validation group rows: cannot tell minority groups apart")
+    n = val.groupby("group")["n"].median()
+    return set(n[n < n.mean()].index.astype(int))
+
+
+def _wilcoxon(diff: np.ndarray) -> float:
+    diff = diff[np.isfinite(diff)]
+    if len(diff) < 2 or np.allclose(diff, 0):
+        return float("nan")
+    return float(stats.wilcoxon(diff).pvalue)
+
+
+def _verdict(share: float) -> str:
+    return "held" if share >= 0.75 else ("did not hold" if share <= 0.25 else "mixed")
+
+
+def claim_minority(trials: pd.DataFrame, groups: pd.DataFrame, minority: set[int]) -> dict:
+    """Claim 1: per (method, budget), minority vs majority mean relative test drop."""
+    ft = groups[(groups["stage"] == "finetuned") & (groups["split"] == "test")]
+    ft = ft.merge(trials[["trial_id", "method", "budget", "seed", "mitigation"]], on="trial_id")
+    ft = ft[ft["mitigation"] == "none"]
+    ft = ft.assign(
+        minority=ft["group"].astype(int).isin(minority), drop=as_float(ft["relative_drop"])
+    )
+    per = ft.groupby(["method", "budget", "seed", "minority"])["drop"].mean().unstack("minority")
+    per = per.rename(columns={True: "minority", False: "majority"}).reset_index()
+    per["gap"] = per["minority"] - per["majority"]
+    rows = []
+    for (method, budget), sub in per.groupby(["method", "budget"]):
+        rows.append(
+            {
+                "method": method,
+                "budget": float(budget),
+                "seeds": len(sub),
+                "minority_drop": sub["minority"].mean(),
+                "majority_drop": sub["majority"].mean(),
+                "gap": sub["gap"].mean(),
+                "p_wilcoxon": _wilcoxon(sub["gap"].to_numpy(float)),
+            }
+        )
+    table = pd.DataFrame(rows).sort_values(["method", "budget"], ascending=[True, False])
+    trend = {}
+    for method, sub in per.groupby("method"):
+        rho = stats.spearmanr(sub["budget"], sub["gap"]).statistic if len(sub) > 2 else np.nan
+        trend[method] = float(rho)
+    share = float((table["gap"] > 0).mean()) if len(table) else float("nan")
+    return {
+        "verdict": _verdict(share),
+        "share_minority_worse": share,
+        "spearman_gap_vs_budget": trend,
+        "table": table,
+    }
+
+
+def _rank_claim(trials: pd.DataFrame, groups: pd.DataFrame, column: str, sign: int) -> dict:
+    """Per trial: Spearman rho between a base diagnostic (test split) and the group drop."""
+    base = groups[(groups["stage"] == "base") & (groups["split"] == "test")][
+        ["trial_id", "group", column]
+    ]
+    ft = groups[(groups["stage"] == "finetuned") & (groups["split"] == "test")][
+        ["trial_id", "group", "relative_drop"]
+    ]
+    both = ft.merge(base, on=["trial_id", "group"]).merge(
+        trials[["trial_id", "method", "budget", "mitigation"]], on="trial_id"
+    )
+    both = both[both["mitigation"] == "none"]
+    rhos = []
+    for _, sub in both.groupby("trial_id"):
+        x, y = as_float(sub[column]), as_float(sub["relative_drop"])
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+            rhos.append(stats.spearmanr(x[ok], y[ok]).statistic)
+    rhos = np.asarray(rhos, float)
+    if not len(rhos):
+        return {"verdict": "not measured", "trials": 0}
+    share = float((sign * rhos > 0).mean())
+    test = stats.wilcoxon(rhos).pvalue if len(rhos) >= 2 and not np.allclose(rhos, 0) else np.nan
+    return {
+        "verdict": _verdict(share),
+        "trials": int(len(rhos)),
+        "mean_rho": float(rhos.mean()),
+        "share_expected_sign": share,
+        "p_wilcoxon_rho_zero": float(test),
+    }
+
+
+def claim_mitigation(trials: pd.DataFrame) -> dict:
+    """Claim 4: paired (method, budget, seed) differences mitigated - none."""
+    cols = ["method", "budget", "seed"]
+    none = (
+        trials[trials["mitigation"] == "none"]
+        .groupby(cols)[["test_worst_group_drop", "test_accuracy"]]
+        .mean()
+    )
+    rows = []
+    for mitigation in sorted(set(trials["mitigation"]) - {"none"}):
+        mit = (
+            trials[trials["mitigation"] == mitigation]
+            .groupby(cols)[["test_worst_group_drop", "test_accuracy"]]
+            .mean()
+        )
+        paired = mit.join(none, rsuffix="_none", how="inner").reset_index()
+        if paired.empty:
+            continue
+        paired["d_drop"] = paired["test_worst_group_drop"] - paired["test_worst_group_drop_none"]
+        paired["d_acc"] = 100 * (paired["test_accuracy"] - paired["test_accuracy_none"])
+        for (method, budget), sub in paired.groupby(["method", "budget"]):
+            rows.append(
+                {
+                    "mitigation": mitigation,
+                    "method": method,
+                    "budget": float(budget),
+                    "seeds": len(sub),
+                    "worst_drop_none": sub["test_worst_group_drop_none"].mean(),
+                    "worst_drop_mitigated": sub["test_worst_group_drop"].mean(),
+                    "d_worst_drop": sub["d_drop"].mean(),
+                    "p_drop": _wilcoxon(sub["d_drop"].to_numpy(float)),
+                    "d_accuracy_points": sub["d_acc"].mean(),
+                }
+            )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return {"verdict": "not measured", "table": table}
+    share = float((table["d_worst_drop"] < 0).mean())
+    return {"verdict": _verdict(share), "share_lower_drop": share, "table": table}
+
+
+def theorem_44(trials: pd.DataFrame, groups: pd.DataFrame) -> dict:
+    """Theorem 4.4's bound per (trial, group) on the test split."""
+    base = groups[(groups["stage"] == "base") & (groups["split"] == "test")][
+        ["trial_id", "group", "loss", "grad_norm", "hessian_top_eig"]
+    ].rename(columns={"loss": "loss_base"})
+    ft = groups[(groups["stage"] == "finetuned") & (groups["split"] == "test")][
+        ["trial_id", "group", "loss", "relative_drop"]
+    ]
+    df = ft.merge(base, on=["trial_id", "group"]).merge(
+        trials[["trial_id", "weight_distance", "method", "budget", "mitigation"]], on="trial_id"
+    )
+    d = as_float(df["weight_distance"])
+    excess = as_float(df["loss"]) - as_float(df["loss_base"])
+    g_term = as_float(df["grad_norm"]) * d
+    h_term = 0.5 * np.abs(as_float(df["hessian_top_eig"])) * d**2
+    bound = g_term + h_term
+    df = df.assign(excess=excess, bound=bound, holds=excess <= bound)
+    valid = np.isfinite(excess) & np.isfinite(bound)
+    df = df[valid]
+    if df.empty:
+        return {"verdict": "not measured"}
+    rank = []
+    for _, sub in df.groupby("trial_id"):
+        if (
+            len(sub) >= 3
+            and np.ptp(sub["bound"]) > 0
+            and np.ptp(as_float(sub["relative_drop"])) > 0
+        ):
+            rank.append(stats.spearmanr(sub["bound"], as_float(sub["relative_drop"])).statistic)
+    by_budget = (
+        df.groupby(["method", "budget"])
+        .agg(
+            pairs=("holds", "size"),
+            holds=("holds", "mean"),
+            excess=("excess", "mean"),
+            bound=("bound", "mean"),
+        )
+        .reset_index()
+    )
+    return {
+        "pairs": int(len(df)),
+        "share_bound_holds": float(df["holds"].mean()),
+        "median_ratio_bound_over_abs_excess": float(
+            np.nanmedian(df["bound"] / np.abs(df["excess"]))
+        ),
+        "mean_rho_bound_vs_drop": float(np.mean(rank)) if rank else float("nan"),
+        "share_rho_positive": float(np.mean(np.asarray(rank) > 0)) if rank else float("nan"),
+        "table": by_budget,
+    }
+
+
+def analyse(run_dirs: list[Path], out_dir: Path) -> dict:
+    trials, groups = load_runs(run_dirs)
+    minority = minority_groups(groups)
+    result = {
+        "runs": [str(r) for r in run_dirs],
+        "minority_groups": sorted(minority),
+        "claim1_minority_loses_more": claim_minority(trials, groups, minority),
+        "claim2_gradient_norm": _rank_claim(trials, groups, "grad_norm", +1),
+        "claim2_hessian": _rank_claim(trials, groups, "hessian_top_eig", +1),
+        "claim3_boundary_margin": _rank_claim(trials, groups, "mean_margin", -1),
+        "claim4_mitigation": claim_mitigation(trials),
+        "theorem_4_4": theorem_44(trials, groups),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "# The paper's claims, tested",
+        "",
+        f"Runs: {', '.join(result['runs'])}.",
+        f"Minority groups (fewer validation samples than the mean): {sorted(minority)}.",
+        "",
+    ]
+    plain = {}
+    for key, value in result.items():
+        if not isinstance(value, dict):
+            plain[key] = value
+            continue
+        lines.append(f"## {key}")
+        lines.append("")
+        flat = {k: v for k, v in value.items() if not isinstance(v, pd.DataFrame)}
+        plain[key] = flat
+        lines.append("```")
+        lines.append(json.dumps(flat, indent=1, default=float))
+        lines.append("```")
+        if isinstance(value.get("table"), pd.DataFrame) and not value["table"].empty:
+            lines.append("")
+            lines.append(markdown_table(value["table"], digits=3))
+            plain[key]["table"] = value["table"].to_dict(orient="records")
+        lines.append("")
+    (out_dir / "claims.md").write_text("\n".join(lines))
+    (out_dir / "claims.json").write_text(json.dumps(plain, indent=1, default=float))
+    print("\n".join(lines))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, help="output folder (default: FIRST_RUN/analysis/claims)")
+    args = p.parse_args(argv)
+    for run in args.run_dirs:
+        if not run.is_dir():
+            raise UserError(f"run directory {run} does not exist or is not a directory")
+    analyse(args.run_dirs, args.out or args.run_dirs[0] / "analysis" / "claims")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
