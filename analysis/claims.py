@@ -76,9 +76,19 @@ def _verdict(share: float) -> str:
     return "held" if share >= 0.75 else ("did not hold" if share <= 0.25 else "mixed")
 
 
-def claim_minority(trials: pd.DataFrame, groups: pd.DataFrame, minority: set[int]) -> dict:
-    """Claim 1: per (method, budget), minority vs majority mean relative test drop."""
-    ft = groups[(groups["stage"] == "finetuned") & (groups["split"] == "test")]
+def _rank_verdict(mean_rho: float, p: float) -> str:
+    """held: significant (p < 0.05) in the expected direction; else say what was seen."""
+    if not np.isfinite(p) or p >= 0.05:
+        return "did not hold (no significant rank relation)"
+    return "held" if mean_rho > 0 else "did not hold (significant, opposite direction)"
+
+
+def claim_minority(
+    trials: pd.DataFrame, groups: pd.DataFrame, minority: set[int], stage: str = "finetuned"
+) -> dict:
+    """Claim 1: per (method, budget), minority vs majority mean relative test drop of the
+    models at ``stage`` ("finetuned", or "linearized": before fine-tuning)."""
+    ft = groups[(groups["stage"] == stage) & (groups["split"] == "test")]
     ft = ft.merge(trials[["trial_id", "method", "budget", "seed", "mitigation"]], on="trial_id")
     ft = ft[ft["mitigation"] == "none"]
     ft = ft.assign(
@@ -106,17 +116,31 @@ def claim_minority(trials: pd.DataFrame, groups: pd.DataFrame, minority: set[int
         rho = stats.spearmanr(sub["budget"], sub["gap"]).statistic if len(sub) > 2 else np.nan
         trend[method] = float(rho)
     share = float((table["gap"] > 0).mean()) if len(table) else float("nan")
+    small = per[per["budget"] <= 0.1]
+    pooled = {
+        method: {
+            "pairs": int(len(sub)),
+            "mean_gap": float(sub["gap"].mean()),
+            "p_wilcoxon": _wilcoxon(sub["gap"].to_numpy(float)),
+        }
+        for method, sub in small.groupby("method")
+    }
     return {
+        "stage": stage,
         "verdict": _verdict(share),
         "share_minority_worse": share,
         "spearman_gap_vs_budget": trend,
+        "pooled_budgets_le_10pct": pooled,
         "table": table,
     }
 
 
-def _rank_claim(trials: pd.DataFrame, groups: pd.DataFrame, column: str, sign: int) -> dict:
-    """Per trial: Spearman rho between a base diagnostic (test split) and the group drop."""
-    base = groups[(groups["stage"] == "base") & (groups["split"] == "test")][
+def _rank_claim(
+    trials: pd.DataFrame, groups: pd.DataFrame, column: str, sign: int, stage: str = "base"
+) -> dict:
+    """Per trial: Spearman rho between a diagnostic of the model at ``stage`` (test split)
+    and the group's relative test drop after fine-tuning."""
+    base = groups[(groups["stage"] == stage) & (groups["split"] == "test")][
         ["trial_id", "group", column]
     ]
     ft = groups[(groups["stage"] == "finetuned") & (groups["split"] == "test")][
@@ -138,7 +162,8 @@ def _rank_claim(trials: pd.DataFrame, groups: pd.DataFrame, column: str, sign: i
     share = float((sign * rhos > 0).mean())
     test = stats.wilcoxon(rhos).pvalue if len(rhos) >= 2 and not np.allclose(rhos, 0) else np.nan
     return {
-        "verdict": _verdict(share),
+        "verdict": _rank_verdict(sign * float(rhos.mean()), float(test)),
+        "diagnostic_stage": stage,
         "trials": int(len(rhos)),
         "mean_rho": float(rhos.mean()),
         "share_expected_sign": share,
@@ -245,9 +270,12 @@ def analyse(run_dirs: list[Path], out_dir: Path) -> dict:
         "runs": [str(r) for r in run_dirs],
         "minority_groups": sorted(minority),
         "claim1_minority_loses_more": claim_minority(trials, groups, minority),
-        "claim2_gradient_norm": _rank_claim(trials, groups, "grad_norm", +1),
-        "claim2_hessian": _rank_claim(trials, groups, "hessian_top_eig", +1),
-        "claim3_boundary_margin": _rank_claim(trials, groups, "mean_margin", -1),
+        "claim1_before_finetuning": claim_minority(trials, groups, minority, "linearized"),
+        "claim2_gradient_norm_base": _rank_claim(trials, groups, "grad_norm", +1),
+        "claim2_gradient_norm_finetuned": _rank_claim(trials, groups, "grad_norm", +1, "finetuned"),
+        "claim2_hessian_base": _rank_claim(trials, groups, "hessian_top_eig", +1),
+        "claim2_hessian_finetuned": _rank_claim(trials, groups, "hessian_top_eig", +1, "finetuned"),
+        "claim3_boundary_margin_base": _rank_claim(trials, groups, "mean_margin", -1),
         "claim4_mitigation": claim_mitigation(trials),
         "theorem_4_4": theorem_44(trials, groups),
     }
