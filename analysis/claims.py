@@ -174,6 +174,7 @@ def _rank_claim(
 def claim_mitigation(trials: pd.DataFrame) -> dict:
     """Claim 4: paired (method, budget, seed) differences mitigated - none."""
     cols = ["method", "budget", "seed"]
+    pooled: dict[str, dict] = {}
     none = (
         trials[trials["mitigation"] == "none"]
         .groupby(cols)[["test_worst_group_drop", "test_accuracy"]]
@@ -186,11 +187,19 @@ def claim_mitigation(trials: pd.DataFrame) -> dict:
             .groupby(cols)[["test_worst_group_drop", "test_accuracy"]]
             .mean()
         )
-        paired = mit.join(none, rsuffix="_none", how="inner").reset_index()
+        paired = mit.merge(
+            none, left_index=True, right_index=True, suffixes=("", "_none")
+        ).reset_index()
         if paired.empty:
             continue
         paired["d_drop"] = paired["test_worst_group_drop"] - paired["test_worst_group_drop_none"]
         paired["d_acc"] = 100 * (paired["test_accuracy"] - paired["test_accuracy_none"])
+        pooled[mitigation] = {
+            "pairs": int(len(paired)),
+            "mean_d_worst_drop": float(paired["d_drop"].mean()),
+            "p_wilcoxon": _wilcoxon(paired["d_drop"].to_numpy(float)),
+            "mean_d_accuracy_points": float(paired["d_acc"].mean()),
+        }
         for (method, budget), sub in paired.groupby(["method", "budget"]):
             rows.append(
                 {
@@ -209,7 +218,23 @@ def claim_mitigation(trials: pd.DataFrame) -> dict:
     if table.empty:
         return {"verdict": "not measured", "table": table}
     share = float((table["d_worst_drop"] < 0).mean())
-    return {"verdict": _verdict(share), "share_lower_drop": share, "table": table}
+    verdicts = {}
+    for mitigation, stat in pooled.items():
+        lower = stat["mean_d_worst_drop"] < 0 and stat["p_wilcoxon"] < 0.05
+        cheap = abs(stat["mean_d_accuracy_points"]) < 1.0
+        verdicts[mitigation] = (
+            "held"
+            if lower and cheap
+            else (
+                "mixed (lower drop, accuracy cost)" if lower else "did not hold (not significant)"
+            )
+        )
+    return {
+        "verdict": verdicts,
+        "share_cells_lower_drop": share,
+        "pooled_over_budgets_and_seeds": pooled,
+        "table": table,
+    }
 
 
 def theorem_44(trials: pd.DataFrame, groups: pd.DataFrame) -> dict:
