@@ -394,3 +394,21 @@ def test_utkface_bad_input(tmp_path):
     (tmp_path / "39_1_20170116174525125.jpg.chip.jpg").write_bytes(b"x")
     with pytest.raises(UserError, match="no usable UTKFace images.*1 malformed"):
         get_dataset("utkface", root=tmp_path)
+
+
+def test_cifar_reader_refuses_code_in_pickles(tmp_path: Path) -> None:
+    """A batch file whose pickle would call os.system is refused, not executed."""
+    import os as _os
+    import pickle as _pickle
+
+    from tune_linfair.data.cifar10 import read_batch
+
+    class Evil:
+        def __reduce__(self):
+            return (_os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    bad = tmp_path / "data_batch_1"
+    bad.write_bytes(_pickle.dumps({"data": Evil(), "labels": [0]}))
+    with pytest.raises(UserError, match="not allowed"):
+        read_batch(bad)
+    assert not (tmp_path / "pwned").exists()

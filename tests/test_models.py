@@ -123,8 +123,13 @@ def test_checkpoint_round_trip_is_exact(tmp_path) -> None:
         layer.freeze((torch.rand_like(layer.mask) > 0.7).float())
     model.eval()
     x = torch.randn(7, 1, 8, 8)
-    spec = {"name": "resnet_mini", "num_classes": 10, "input_shape": [1, 8, 8], "width": None,
-            "granularity": "pixel"}
+    spec = {
+        "name": "resnet_mini",
+        "num_classes": 10,
+        "input_shape": [1, 8, 8],
+        "width": None,
+        "granularity": "pixel",
+    }
     path = save_checkpoint(tmp_path / "m.pt", model, {"model": spec})
     again, meta = load_model(path)
     again.eval()

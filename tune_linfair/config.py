@@ -70,8 +70,8 @@ class BaseConfig:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "batch_size", "lr")
-        _non_negative(self, "momentum", "weight_decay", "gamma")
+        _positive(self, "epochs", "batch_size", "lr", section="base")
+        _non_negative(self, "momentum", "weight_decay", "gamma", section="base")
 
 
 @dataclass(frozen=True)
@@ -86,18 +86,18 @@ class DiagnosticsConfig:
     samples: bool = True
 
 
-def _positive(obj: Any, *names: str) -> None:
+def _positive(obj: Any, *names: str, section: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value is not None and value <= 0:
-            raise UserError(f"{name} must be positive, got {value}")
+            raise UserError(f"{section}.{name} must be positive, got {value}")
 
 
-def _non_negative(obj: Any, *names: str) -> None:
+def _non_negative(obj: Any, *names: str, section: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if value is not None and value < 0:
-            raise UserError(f"{name} must be non-negative, got {value}")
+            raise UserError(f"{section}.{name} must be non-negative, got {value}")
 
 
 def _check_type(where: str, value: Any, hint: Any) -> Any:
@@ -234,14 +234,14 @@ def _validate_param(name: str, spec: Any) -> Any:
     if name not in TRIAL_PARAMS:
         raise unknown("search parameter", name, TRIAL_PARAMS)
     if not isinstance(spec, dict):
-        _validate_value(name, spec)
+        _validate_value(name, spec, f"search.{name}")
         return spec
     keys = set(spec)
     if "choices" in spec:
         if keys - {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
             raise UserError(f"search.{name}: 'choices' must be a non-empty list and stand alone")
         for v in spec["choices"]:
-            _validate_value(name, v)
+            _validate_value(name, v, f"search.{name}")
         return spec
     if not {"low", "high"} <= keys or keys - {"low", "high", "log", "int"}:
         raise UserError(
@@ -250,7 +250,7 @@ def _validate_param(name: str, spec: Any) -> Any:
         )
     low, high = spec["low"], spec["high"]
     for v in (low, high):
-        _validate_value(name, v)
+        _validate_value(name, v, f"search.{name}")
     if low > high:
         raise UserError(f"search.{name}: low {low} is above high {high}")
     if spec.get("log") and low <= 0:
@@ -258,8 +258,9 @@ def _validate_param(name: str, spec: Any) -> Any:
     return spec
 
 
-def _validate_value(name: str, value: Any) -> None:
-    """Range checks on one trial-parameter value (what --set or YAML can get wrong)."""
+def _validate_value(name: str, value: Any, where: str) -> None:
+    """Range checks on one value of trial parameter ``name``; messages name ``where``
+    (``search.lr``, ``grid.budget``: what --set or YAML got wrong)."""
     from tune_linfair.finetune import MITIGATIONS
     from tune_linfair.linearize import METHODS
 
@@ -269,15 +270,15 @@ def _validate_value(name: str, value: Any) -> None:
         raise unknown("mitigation", value, MITIGATIONS)
     if name in ("budget", "mu", "epsilon", "lr"):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{name} must be a number, got {value!r}")
+            raise UserError(f"{where} must be a number, got {value!r}")
     if name == "budget" and not (0 < value <= 1 or (isinstance(value, int) and value >= 1)):
-        raise UserError(f"budget must be a fraction in (0, 1] or a ReLU count >= 1, got {value}")
+        raise UserError(f"{where} must be a fraction in (0, 1] or a ReLU count >= 1, got {value}")
     if name in ("mu", "epsilon") and value < 0:
-        raise UserError(f"{name} must be non-negative, got {value}")
+        raise UserError(f"{where} must be non-negative, got {value}")
     if name == "lr" and value <= 0:
-        raise UserError(f"lr must be positive, got {value}")
+        raise UserError(f"{where} must be positive, got {value}")
     if name == "seed" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise UserError(f"seed must be a non-negative integer, got {value!r}")
+        raise UserError(f"{where} must be a non-negative integer, got {value!r}")
 
 
 def parse_space(raw: Any, name: str = "space") -> SearchSpace:
@@ -313,7 +314,7 @@ def parse_space(raw: Any, name: str = "space") -> SearchSpace:
         if not isinstance(values, list) or not values:
             raise UserError(f"grid.{k} must be a non-empty list, got {values!r}")
         for v in values:
-            _validate_value(k, v)
+            _validate_value(k, v, f"grid.{k}")
     trials = raw.get("trials", 8)
     max_concurrent = raw.get("max_concurrent", 2)
     for key, value in (("trials", trials), ("max_concurrent", max_concurrent)):

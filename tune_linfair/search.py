@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 import warnings
@@ -40,8 +41,15 @@ OBJECTIVES = {
 SWEEP_FILE = "sweep.json"
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument ends with one ``error: ...`` line (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="python -m tune_linfair.search",
         description="Search ReLU budgets, the multiplier step mu and the learning rate for "
         "the Pareto front of accuracy vs worst-group accuracy drop vs ReLU count.",
@@ -84,12 +92,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- preparation (no Ray) -----------------------------------------------------------------
 def resolve_space(args: argparse.Namespace) -> SearchSpace:
-    overrides = list(args.set)
+    """The space of the sweep: ``--space`` with ``--set`` overrides, or, with ``--resume``,
+    the space the sweep started with (``RUN/space.yaml``)."""
+    if args.resume:
+        return resumed_space(args)
+    return load_space(args.space, list(args.set) + _data_overrides(args))
+
+
+def _data_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = []
     if args.data_root:
         overrides.append(f"data.root={json.dumps(str(Path(args.data_root).resolve()))}")
     if args.download:
         overrides.append("data.download=true")
-    return load_space(args.space, overrides)
+    return overrides
+
+
+def resumed_space(args: argparse.Namespace) -> SearchSpace:
+    """The saved space of the sweep in ``--run-dir`` (``--data-root``/``--download`` may
+    still point at moved data). A resumed sweep must run the trials it started with: the
+    same space means the same cache keys, so the base and linearized models are reused.
+    Options the user did not repeat (``--trials``, ``--max-concurrent``, ``--seed``,
+    ``--max-accuracy-drop``) are taken from the saved ``sweep.json``."""
+    import yaml
+
+    if not args.run_dir:
+        raise UserError("--resume needs --run-dir: the sweep directory to continue")
+    run_dir = Path(args.run_dir).expanduser().resolve()
+    marker, saved_space = run_dir / SWEEP_FILE, run_dir / "space.yaml"
+    if not marker.is_file() or not saved_space.is_file():
+        raise UserError(f"nothing to resume: {run_dir} holds no sweep ({SWEEP_FILE} missing)")
+    try:
+        saved = json.loads(marker.read_text())
+        raw = yaml.safe_load(saved_space.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise UserError(f"cannot read the sweep record in {run_dir}: {err}") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{marker} is not a sweep record")
+    if args.set:
+        raise UserError(
+            f"--resume continues the sweep with its saved space ({saved_space}); "
+            f"drop --set {args.set[0]} (start a new --run-dir to change the space)"
+        )
+    if args.space not in ("default", saved.get("space")):
+        raise UserError(
+            f"--resume continues the sweep with its saved space {saved.get('space')!r}; "
+            f"drop --space {args.space}"
+        )
+    before = saved.get("args") if isinstance(saved.get("args"), dict) else {}
+    for name in ("trials", "max_concurrent", "max_accuracy_drop"):
+        if getattr(args, name, None) is None and before.get(name) is not None:
+            setattr(args, name, before[name])
+    if isinstance(before.get("seed"), int):
+        args.seed = before["seed"]
+    from tune_linfair.config import apply_overrides, parse_space
+
+    overrides = _data_overrides(args)
+    if overrides and isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides)
+    return parse_space(raw, str(saved.get("space", "space")))
 
 
 def validate_args(args: argparse.Namespace, space: SearchSpace) -> None:
@@ -101,6 +162,20 @@ def validate_args(args: argparse.Namespace, space: SearchSpace) -> None:
         raise UserError(f"--cpus-per-trial must be positive, got {args.cpus_per_trial}")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise UserError(f"--gpus-per-trial must be non-negative, got {args.gpus_per_trial}")
+    if args.address == "local" and args.cpus_per_trial > (os.cpu_count() or 1):
+        raise UserError(
+            f"--cpus-per-trial {args.cpus_per_trial:g} asked, but this machine has "
+            f"{os.cpu_count()} CPUs"
+        )
+    if args.address == "local" and args.gpus_per_trial:
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < args.gpus_per_trial:
+            raise UserError(
+                f"--gpus-per-trial {args.gpus_per_trial:g} asked, but this machine has "
+                f"{have} CUDA GPUs"
+            )
     if args.objective != "grid" and not any(isinstance(v, dict) for v in space.search.values()):
         raise UserError(f"space {space.name!r} has nothing to search; use --objective grid")
     for key in ("method", "budget"):
@@ -166,8 +241,23 @@ def _budget_values(space: SearchSpace, objective: str) -> list:
     return values
 
 
+def safe_name(name: str) -> str:
+    """``name`` as one harmless path component: letters, digits, ``.``, ``_``, ``-`` only,
+    no leading dot or dash (so ``../../evil`` becomes ``evil``). Space names come from
+    YAML and ``--set``, and must never lead a run directory out of the storage path."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).lstrip("._-")
+    return cleaned[:80] or "sweep"
+
+
 def prepare_run_dir(args: argparse.Namespace, space: SearchSpace) -> tuple[Path, Path]:
-    """Resolve (run_dir, storage_path); refuse to overwrite another sweep."""
+    """Resolve (run_dir, storage_path); refuse to overwrite another sweep.
+
+    The default run directory is ``STORAGE/<space>-<objective>-<time>`` with the space
+    name made safe (:func:`safe_name`); an explicit ``--run-dir`` is taken as given.
+    Writes nothing: :func:`create_run_dir` creates RUN once Ray is up (and, on ``--resume``,
+    removes the hidden temporary files a killed writer may have left in the Parquet folders;
+    readers skip them anyway, see :mod:`tune_linfair.results`).
+    """
     storage = Path(args.storage_path).expanduser().resolve()
     if args.run_dir:
         run_dir = Path(args.run_dir).expanduser().resolve()
@@ -175,16 +265,23 @@ def prepare_run_dir(args: argparse.Namespace, space: SearchSpace) -> tuple[Path,
         raise UserError("--resume needs --run-dir: the sweep directory to continue")
     else:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = storage / f"{space.name}-{args.objective}-{stamp}"
+        run_dir = storage / f"{safe_name(space.name)}-{args.objective}-{stamp}"
+    for path, what in ((storage, "--storage-path"), (run_dir, "run directory")):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{what} {path} is a file, not a directory")
+        _check_creatable(path)
     marker = run_dir / SWEEP_FILE
     if args.resume:
         if not marker.is_file():
             raise UserError(f"nothing to resume: {run_dir} holds no sweep ({SWEEP_FILE} missing)")
-        saved = json.loads(marker.read_text())
-        if saved.get("objective") != args.objective:
+        try:
+            saved = json.loads(marker.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read {marker}: {err}") from None
+        if not isinstance(saved, dict) or saved.get("objective") != args.objective:
+            objective = saved.get("objective") if isinstance(saved, dict) else None
             raise UserError(
-                f"{run_dir} holds a {saved.get('objective')!r} sweep; resume it with "
-                f"--objective {saved.get('objective')}"
+                f"{run_dir} holds a {objective!r} sweep; resume it with --objective {objective}"
             )
     elif run_dir.exists() and any(run_dir.iterdir()):
         what = "a sweep" if marker.is_file() else "other files"
@@ -192,6 +289,26 @@ def prepare_run_dir(args: argparse.Namespace, space: SearchSpace) -> tuple[Path,
             f"run directory {run_dir} already holds {what}; pass --resume to continue it "
             "or choose another --run-dir"
         )
+    return run_dir, storage
+
+
+def _check_creatable(path: Path) -> None:
+    """UserError unless ``path`` exists or could be created: its nearest existing ancestor
+    must be a writable directory (checked before Ray starts, without creating anything)."""
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor == path:
+        return
+    if not ancestor.is_dir():
+        raise UserError(f"cannot create {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create {path}: {ancestor} is not writable")
+
+
+def create_run_dir(args: argparse.Namespace, run_dir: Path, storage: Path) -> None:
+    """Create RUN and ``STORAGE/cache`` (checked by :func:`prepare_run_dir`; called once Ray
+    is up and has the resources, so a refused sweep leaves nothing behind)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         (storage / "cache").mkdir(parents=True, exist_ok=True)
@@ -199,8 +316,12 @@ def prepare_run_dir(args: argparse.Namespace, space: SearchSpace) -> tuple[Path,
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:
-        raise UserError(f"cannot write to {run_dir}: {err.strerror or err}") from None
-    return run_dir, storage
+        where = err.filename or run_dir
+        raise UserError(f"cannot write to {where}: {err.strerror or err}") from None
+    if args.resume:
+        for table in results.TABLES:
+            for tmp in (run_dir / table).glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
 
 def write_sweep_record(run_dir: Path, args: argparse.Namespace, space: SearchSpace) -> None:
@@ -257,6 +378,11 @@ def start_ray(args: argparse.Namespace):
         kwargs["num_cpus"] = os.cpu_count()
     else:
         kwargs.pop("include_dashboard")
+        probe_address(args.address)
+        # One connection attempt of ~15 s instead of 20 retries of ~35 s each (Ray 2.60:
+        # ray._private.node._init_gcs_client and the GCS client's cluster-id wait).
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "1")
+        os.environ.setdefault("RAY_py_gcs_connect_timeout_s", "10")
     try:
         context = ray.init(**kwargs)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as err:
@@ -270,6 +396,30 @@ def start_ray(args: argparse.Namespace):
             flush=True,
         )
     return ray
+
+
+def probe_address(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse in seconds, with one line, a ``host:port`` ``--address`` where nothing listens
+    (ray.init would retry for minutes, printing warnings). ``auto`` and ``ray://`` are left
+    to Ray. The address is first rewritten as Ray does (127.0.0.1 -> this node's IP)."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        target = canonicalize_bootstrap_address(address) or address
+    except (ImportError, ValueError, OSError):
+        target = address
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address must be 'local', 'auto' or HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        reason = err.strerror or str(err) or type(err).__name__
+        raise UserError(f"cannot reach a Ray cluster at {address!r} ({target}): {reason}") from None
 
 
 def check_resources(ray, cpus: float, gpus: float) -> None:
@@ -325,12 +475,21 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     from ray.tune.search.optuna import OptunaSearch
 
-    class ConstrainedOptunaSearch(OptunaSearch):
-        """Sets ``constraint_*`` results as Optuna constraints before telling the result."""
+    class SweepOptunaSearch(OptunaSearch):
+        """Tags every Optuna trial with its Tune trial id (user attribute
+        ``tune_trial_id``, the ``trial_id`` of the Parquet rows) and, for a constrained
+        sweep, sets ``constraint_*`` results as Optuna constraints before telling."""
+
+        def suggest(self, trial_id):
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials.get(trial_id)
+            if isinstance(config, dict) and ot_trial is not None:
+                ot_trial.set_user_attr("tune_trial_id", trial_id)
+            return config
 
         def on_trial_complete(self, trial_id, result=None, error=False):
             ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is not None and result:
+            if constrained and ot_trial is not None and result:
                 for key, value in result.items():
                     if key.startswith("constraint_"):
                         ot_trial.set_constraint(key, float(value))
@@ -338,7 +497,7 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
 
     metric, mode = OBJECTIVES[objective]
     storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
-    cls = ConstrainedOptunaSearch if constrained else OptunaSearch
+    cls = SweepOptunaSearch
     return cls(
         space=DefineByRun(space),
         metric=metric if len(metric) > 1 else metric[0],
@@ -373,7 +532,6 @@ def run_sweep(args: argparse.Namespace) -> Path:
     validate_args(args, space)
     preflight(space, args.objective)
     run_dir, storage = prepare_run_dir(args, space)
-    write_sweep_record(run_dir, args, space)
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
@@ -388,6 +546,8 @@ def run_sweep(args: argparse.Namespace) -> Path:
         if gpus is None:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         check_resources(ray, args.cpus_per_trial, gpus)
+        create_run_dir(args, run_dir, storage)
+        write_sweep_record(run_dir, args, space)
         context = SweepContext(
             space_raw=space.raw,
             run_dir=str(run_dir),
@@ -402,18 +562,82 @@ def run_sweep(args: argparse.Namespace) -> Path:
         )
         tune_dir = run_dir / "tune"
         if args.resume and tune.Tuner.can_restore(str(tune_dir)):
-            orphans = fail_orphan_optuna_trials(run_dir)
-            if orphans:
-                print(f"marked {orphans} orphan Optuna trial(s) FAIL", flush=True)
+            # Optuna trials left RUNNING by the killed driver stay RUNNING here: the
+            # restored searcher tells those whose Tune trials it reruns; the rest are told
+            # FAIL after the fit (failing them first would refuse the reruns' results).
             tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)
         else:
             tuner = build_tuner(args, space, trainable, run_dir)
-        tuner.fit()
-        fail_orphan_optuna_trials(run_dir)
+        with InterruptWatch() as interrupt:
+            tuner.fit()
+        if interrupt.seen:
+            # Tune stopped with its state saved and reruns the unfinished trials on
+            # --resume; their Optuna trials must stay RUNNING until then.
+            raise SweepInterrupted(run_dir)
+        orphans = fail_orphan_optuna_trials(run_dir)
+        if orphans:
+            print(f"marked {orphans} orphan Optuna trial(s) FAIL", flush=True)
     finally:
         ray.shutdown()
     summarize(run_dir)
     return run_dir
+
+
+class InterruptWatch:
+    """Notes a Ctrl-C (SIGINT) during ``Tuner.fit``, which Tune does not report: it stops
+    gracefully, saves its state and returns as if the sweep were done.
+
+    The SIGINT is passed on to Tune as SIGUSR1, its other stop signal (so the graceful stop
+    is kept); before Tune's handler is in place, or on a second Ctrl-C, it raises
+    KeyboardInterrupt as usual. Only in the main thread; a no-op elsewhere."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._saved: tuple | None = None
+
+    def __enter__(self) -> InterruptWatch:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGUSR1"):
+            env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours stays in place
+            self._saved = (
+                env,
+                signal.signal(signal.SIGINT, self._on_sigint),
+                signal.getsignal(signal.SIGUSR1),
+            )
+        return self
+
+    def _on_sigint(self, signum, frame) -> None:
+        import signal
+
+        first, self.seen = not self.seen, True
+        usr1 = signal.getsignal(signal.SIGUSR1)
+        tune_listens = callable(usr1) and self._saved is not None and usr1 is not self._saved[2]
+        if not (first and tune_listens):
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._saved is not None:
+            env, sigint, sigusr1 = self._saved
+            signal.signal(signal.SIGINT, sigint)
+            signal.signal(signal.SIGUSR1, sigusr1)
+            if env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = env
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep stopped before its trials finished; ``--resume --run-dir RUN`` goes on."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
 
 
 def build_tuner(args: argparse.Namespace, space: SearchSpace, trainable, run_dir: Path):
@@ -487,8 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue with --resume --run-dir RUN", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        run = getattr(err, "run_dir", None) or args.run_dir or "RUN"
+        print(f"interrupted: continue with --resume --run-dir {run}", file=sys.stderr)
         return 130
     return 0
 

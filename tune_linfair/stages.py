@@ -25,6 +25,7 @@ import functools
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +107,23 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def artifact_dir(cache_dir: str | Path, kind: str, key: str) -> Path:
+    """``CACHE/<kind>/<key>``; ``kind`` and ``key`` must be plain names (letters, digits,
+    ``_``, ``-``), so no name can lead the cache outside ``cache_dir``."""
+    for what, name in (("kind", kind), ("key", key)):
+        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+            raise ValueError(f"artifact {what} {name!r} is not a plain name")
+    return Path(cache_dir) / kind / key
+
+
+def artifact_lock(path: Path) -> Path:
+    """The lock file guarding the artifact directory ``path``: ``<path>.lock`` beside it."""
+    return path.with_name(path.name + ".lock")
+
+
 def cached(
     cache_dir: Path, kind: str, key: str, compute: Callable[[Path], dict]
 ) -> tuple[Artifact, bool]:
@@ -114,12 +132,12 @@ def cached(
     ``compute(path)`` must write ``path/"model.pt"`` and return the meta record.
     Returns ``(artifact, computed)``; ``computed`` is False when it was reused.
     """
-    path = Path(cache_dir) / kind / key
+    path = artifact_dir(cache_dir, kind, key)
     meta = _read_meta(path)
     if meta is not None:
         return Artifact(key, path, meta), False
     path.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+    with FileLock(str(artifact_lock(path)), timeout=LOCK_TIMEOUT_S):
         meta = _read_meta(path)  # another worker may have finished it meanwhile
         if meta is not None:
             return Artifact(key, path, meta), False

@@ -84,6 +84,14 @@ def _trial_id(config: dict) -> str:
     return tune.get_context().get_trial_id()
 
 
+def trial_dir(run_dir: str | Path, trial_id: str) -> Path:
+    """``RUN/models/<trial_id>``, where the fine-tuned checkpoint goes. The id must be a
+    plain file name (the rule of :func:`tune_linfair.results.trial_file`: no path
+    characters, no leading dot), so no trial can write outside its run directory."""
+    results.trial_file(run_dir, "trials", trial_id)  # ValueError on an unsafe id
+    return Path(run_dir) / "models" / trial_id
+
+
 def _failed_row(
     context: SweepContext, trial_id: str, params: dict, err: BaseException, start: float
 ) -> dict:
@@ -158,7 +166,7 @@ def search_trial(config: dict, context: SweepContext) -> None:
             exp,
             params,
             context.cache_dir,
-            run_dir / "models" / trial_id,
+            trial_dir(run_dir, trial_id),
             run_id=context.run_id,
             trial_id=trial_id,
             on_epoch_end=on_epoch_end,
@@ -169,8 +177,15 @@ def search_trial(config: dict, context: SweepContext) -> None:
             raise FloatingPointError(f"objective {bad[0]} is {row[bad[0]]}")
         results.write_trial(run_dir, row, outcome.group_rows, outcome.sample_rows)
     except Exception as err:
-        results.write_trial(run_dir, _failed_row(context, trial_id, params, err, start), [], [])
-        raise TrialFailed(f"trial {trial_id} failed: {type(err).__name__}: {err}") from err
+        reason = f"trial {trial_id} failed: {type(err).__name__}: {err}"
+        try:
+            results.write_trial(run_dir, _failed_row(context, trial_id, params, err, start), [], [])
+        except OSError as write_err:  # disk full, run directory gone or read-only
+            raise TrialFailed(
+                f"{reason}; its failed row could not be written to {run_dir} either: "
+                f"{write_err.strerror or write_err}"
+            ) from err
+        raise TrialFailed(reason) from err
     tune.report(_objectives(row, context))
 
 

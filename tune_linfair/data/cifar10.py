@@ -7,7 +7,8 @@ Layout under the data root (what ``torchvision.datasets.CIFAR10`` extracts)::
 Each batch is a pickle of a dict with ``data`` (uint8, n x 3072, channel-major, reshaped to
 n x 3 x 32 x 32) and ``labels`` (keys may be ``str`` or ``bytes``). We read the pickles
 ourselves: torchvision's class checks MD5 sums, which would reject test fixtures, and is
-only used to fetch the files when ``download=True``.
+only used to fetch the files when ``download=True``. The reader is a restricted unpickler
+that resolves only NumPy's array-reconstruction globals, so a batch file cannot run code.
 
 Protocol (Das et al., ICML 2024, Sec. 5; DESIGN.md section 3): the training pool keeps
 ``majority_share`` (0.9) of classes 0-4 and ``minority_share`` (0.1) of classes 5-9; a
@@ -86,11 +87,28 @@ def _check_files(root: Path | None, download: bool) -> Path:
     return folder
 
 
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays; refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
+
+
 def read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """One CIFAR batch pickle as (uint8 images (n, 3, 32, 32), int64 labels (n,))."""
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
         entry = {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(entry["labels"], dtype=np.int64).reshape(-1)

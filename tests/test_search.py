@@ -1,0 +1,391 @@
+"""The sweep orchestrator end to end: ``python -m tune_linfair.search`` in subprocesses.
+
+Every sweep here is real (digits, resnet_mini, Ray Tune, Optuna) with tiny epochs. The
+drivers that get SIGKILLed start their own local Ray (the default ``--address local``);
+the other runs join one Ray instance shared by the module (``--address``), since
+``ray.init`` costs 3-10 s on a 2-core box. Each CLI run gets its own session
+(``start_new_session``); whatever it leaves behind there (a killed driver's Ray processes)
+is killed by process id when the run ends, so no Ray process outlives its test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tune_linfair import results, search
+
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_STATE_REFRESH_PERIOD": "0.1",
+    "PYTHONWARNINGS": "ignore",
+}
+TINY = [
+    "--no-dashboard",
+    "--set",
+    "base.epochs=2",
+    "--set",
+    "finetune.epochs=1",
+    "--set",
+    "linearize.deepreduce_epochs=1",
+]
+NO_HESSIAN = ["--set", "diagnostics.hessian=false"]
+# Two grid points that differ only in the mitigation: they share one linearized model.
+GRID2 = [
+    "--objective",
+    "grid",
+    "--set",
+    "grid.method=[snl]",
+    "--set",
+    "grid.budget=[0.2]",
+    "--set",
+    "grid.mitigation=[none,lagrangian]",
+    "--set",
+    "grid.mu=[0.1]",
+    "--set",
+    "grid.seed=[0]",
+]
+N_GROUPS = 10  # digits: one group per class
+STAGES_X_SPLITS = 3 * 2  # (base, linearized, finetuned) x (val, test)
+
+
+# -- helpers ------------------------------------------------------------------------------
+def session_pids(sid: int) -> list[int]:
+    """Processes of session ``sid`` (the sweep's driver and what it started)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) == sid and fields[0] != "Z":  # state, ppid, pgrp, session
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_session(sid: int, wait_s: float = 10.0) -> None:
+    """SIGKILL every live process of the session this test started (by id, nothing else)
+    and wait until none is left."""
+    deadline = time.monotonic() + wait_s
+    while pids := session_pids(sid):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes {pids} of session {sid} survive SIGKILL")
+        time.sleep(0.05)
+
+
+def start_sweep(args: list[str], log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "tune_linfair.search", *args]
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
+        )
+
+
+def run_sweep(args: list[str], log: Path, timeout: float = 240) -> tuple[int, str]:
+    """Run the CLI to the end; return (exit code, output)."""
+    proc = start_sweep(args, log)
+    try:
+        rc = proc.wait(timeout=timeout)
+    finally:
+        kill_session(proc.pid)
+        proc.wait()
+    return rc, log.read_text()
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 180) -> None:
+    """SIGKILL the sweep's whole session once ``ready()`` holds (polled every 0.1 s)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the sweep ended before the kill point"
+            assert time.monotonic() < deadline, "the kill point never came"
+            time.sleep(0.1)
+    finally:
+        kill_session(proc.pid)
+        proc.wait()
+
+
+def interrupt_when(proc: subprocess.Popen, ready, timeout: float = 180) -> int:
+    """Ctrl-C (SIGINT to the driver) once ``ready()`` holds; return its exit code."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the sweep ended before the interrupt"
+            assert time.monotonic() < deadline, "the interrupt point never came"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGINT)
+        return proc.wait(timeout=120)
+    finally:
+        kill_session(proc.pid)
+        proc.wait()
+
+
+def artifact_dirs(storage: Path, kind: str) -> list[Path]:
+    folder = storage / "cache" / kind
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def assert_tables(run: Path, n_trials: int) -> pd.DataFrame:
+    """One trials row per trial; groups for every group x split x stage; one samples row
+    per test sample; nothing duplicated. Returns the trials table."""
+    trials = results.load_trials(run)
+    assert len(trials) == n_trials and trials["trial_id"].is_unique
+    groups, samples = results.load_groups(run), results.load_samples(run)
+    assert not groups.duplicated(["trial_id", "stage", "split", "group"]).any()
+    assert not samples.duplicated(["trial_id", "stage", "split", "index"]).any()
+    for tid in trials.loc[trials["status"] == "ok", "trial_id"]:
+        g = groups[groups["trial_id"] == tid]
+        assert len(g) == N_GROUPS * STAGES_X_SPLITS
+        assert set(g["group"]) == set(range(N_GROUPS)) and (g["n"] > 0).all()
+        s = samples[samples["trial_id"] == tid]
+        n_test = g[(g["stage"] == "finetuned") & (g["split"] == "test")]["n"].sum()
+        assert len(s) == n_test and set(s["split"]) == {"test"}
+    return trials
+
+
+def optuna_trials(run: Path) -> list:
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    storage = JournalStorage(JournalFileBackend(str(run / "optuna.journal")))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    return study.get_trials(deepcopy=False)
+
+
+def assert_optuna_matches(run: Path, trials: pd.DataFrame) -> None:
+    """No Optuna trial RUNNING; every Tune trial (a Parquet row) is one Optuna trial,
+    COMPLETE with the row's objectives when ok, FAIL when failed; the rest are FAIL."""
+    from optuna.trial import TrialState
+
+    ot = optuna_trials(run)
+    assert {t.state for t in ot} <= {TrialState.COMPLETE, TrialState.FAIL}
+    by_tune_id = {t.user_attrs.get("tune_trial_id"): t for t in ot}
+    assert len(by_tune_id) == len(ot)
+    for row in trials.itertuples():
+        t = by_tune_id.pop(row.trial_id)
+        if row.status == "ok":
+            assert t.state == TrialState.COMPLETE
+            expect = [row.val_accuracy, row.val_worst_group_drop, row.relu_count]
+            assert t.values == pytest.approx([float(v) for v in expect])
+        else:
+            assert t.state == TrialState.FAIL
+    # Optuna trials that no Tune trial finished (asked just before a kill) are FAIL
+    assert all(t.state == TrialState.FAIL for t in by_tune_id.values())
+
+
+# -- one Ray instance for the sweeps that need no fresh one -------------------------------
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray instance shared by this module's sweeps (``--address``): ``ray.init``
+    costs 3-10 s on a 2-core box. Sweeps whose driver is killed start their own."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+# -- end to end ---------------------------------------------------------------------------
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path: Path) -> None:
+    """An Optuna sweep through the CLI, interrupted once (Ctrl-C) and finished with
+    ``--resume``.
+
+    The driver gets SIGINT when the first trial's row appears, while another trial is in
+    flight: it stops with exit code 130 and leaves that trial RUNNING in Optuna; the resume
+    reruns it and must tell Optuna its result (SIGKILL is tested on the grid sweep below).
+    It is the second sweep on the grid sweep's storage path: it reuses that sweep's base
+    model and linearizes only new (method, budget) pairs, once each.
+    """
+    from optuna.trial import TrialState
+
+    storage = resumed_grid["storage"]
+    (base,) = resumed_grid["base_dirs"]
+    (lin,) = resumed_grid["lin_dirs"]
+    stamps = {p: (p / "meta.json").stat().st_mtime_ns for p in (base, lin)}
+    run = storage / "e2e"
+    args = ["--objective", "pareto", "--trials", "3", "--max-concurrent", "2"]
+    args += ["--address", ray_address, "--storage-path", str(storage), "--run-dir", str(run)]
+    args += [*TINY, "--set", "search.method=snl", "--set", "search.budget={choices: [0.5, 0.2]}"]
+    args += ["--set", "diagnostics.hessian_max_samples=8"]
+    rc = interrupt_when(start_sweep(args, tmp_path / "stopped.txt"), _first_trial_done(run))
+    stopped = (tmp_path / "stopped.txt").read_text()
+    assert rc == 130 and f"continue with --resume --run-dir {run}" in stopped, stopped[-3000:]
+    in_flight = {
+        t.user_attrs["tune_trial_id"] for t in optuna_trials(run) if t.state == TrialState.RUNNING
+    }
+    assert in_flight
+
+    resume = ["--objective", "pareto", "--resume", "--run-dir", str(run)]
+    resume += ["--storage-path", str(storage), "--no-dashboard", "--address", ray_address]
+    rc, out = run_sweep(resume, tmp_path / "resumed.txt")
+    assert rc == 0, out[-3000:]
+
+    for table, schema in results.TABLES.items():
+        files = sorted((run / table).glob("*.parquet"))
+        assert len(files) == 3
+        for f in files:
+            assert pq.read_schema(f).remove_metadata().equals(schema.remove_metadata())
+    trials = assert_tables(run, 3)
+    assert (trials["status"] == "ok").all() and trials["error"].isna().all()
+    assert trials["pareto"].any()
+    assert (trials["relu_count"] <= trials["budget"] * trials["relu_total"]).all()
+    assert trials["val_accuracy"].between(0, 1).all()
+    assert len(pd.read_parquet(run / "trials")) == 3  # pandas reads the dataset directly
+    groups = results.load_groups(run)
+    test_ft = groups[(groups["stage"] == "finetuned") & (groups["split"] == "test")]
+    assert test_ft["grad_norm"].notna().all() and test_ft["hessian_top_eig"].notna().all()
+
+    _, _, table = out.partition("Pareto-optimal trials")
+    assert table, out[-3000:]
+    for tid in trials.loc[trials["pareto"], "trial_id"]:
+        assert tid in table
+    for name in ("sweep.json", "command.txt", "space.yaml", "versions.json", "pareto.png"):
+        assert (run / name).is_file()
+    assert_optuna_matches(run, trials)
+    assert in_flight & set(trials["trial_id"])  # rerun after the stop, told COMPLETE
+
+    # the cache: the base model reused, not retrained; one linearized model per distinct
+    # (method, budget, seed) over both sweeps, the grid sweep's reused where they meet
+    assert artifact_dirs(storage, "base") == [base]
+    assert set(trials["base_key"]) == {base.name}
+    assert {p: (p / "meta.json").stat().st_mtime_ns for p in (base, lin)} == stamps
+    both = pd.concat([results.load_trials(resumed_grid["run"]), trials])
+    per_combo = both.groupby(["method", "budget", "seed"])["lin_key"]
+    assert per_combo.nunique().eq(1).all()
+    assert len(artifact_dirs(storage, "linearized")) == per_combo.ngroups
+
+
+# -- resume after the driver is killed ----------------------------------------------------
+def _base_training(storage: Path):
+    def ready() -> bool:
+        dirs = artifact_dirs(storage, "base")
+        return bool(dirs) and not (dirs[0] / "meta.json").exists()
+
+    return ready
+
+
+def _first_trial_done(run: Path):
+    return lambda: any((run / "trials").glob("*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def resumed_grid(tmp_path_factory, ray_address: str) -> dict:
+    """A 2-point grid sweep (one trial at a time) whose driver is SIGKILLed, with every Ray
+    process it started, twice: during base training, then (resumed) right after its first
+    trial finished; then resumed to the end with ``--resume --run-dir`` alone (on the shared
+    Ray: nothing of the dead instances is needed). Records the state at each kill point;
+    the end-to-end sweep runs second on its storage path (warm cache)."""
+    root = tmp_path_factory.mktemp("resumed")
+    storage, run = root / "runs", root / "runs" / "sweep"
+    first = [*GRID2, "--max-concurrent", "1", "--storage-path", str(storage)]
+    first += ["--run-dir", str(run), *TINY, *NO_HESSIAN]
+    resume = ["--objective", "grid", "--resume", "--run-dir", str(run)]
+    resume += ["--storage-path", str(storage), "--no-dashboard"]
+    rows = lambda: sorted(p.name for p in (run / "trials").glob("*.parquet"))  # noqa: E731
+    state: dict = {"storage": storage, "run": run}
+
+    kill_when(start_sweep(first, root / "killed1.txt"), _base_training(storage))
+    state["base_training"] = {
+        "rows": rows(),
+        "base_dirs": artifact_dirs(storage, "base"),
+        "base_done": [(p / "meta.json").exists() for p in artifact_dirs(storage, "base")],
+    }
+    kill_when(start_sweep(resume, root / "killed2.txt"), _first_trial_done(run))
+    state["first_trial_done"] = {
+        "rows": rows(),
+        "base_dirs": artifact_dirs(storage, "base"),
+        "first_bytes": (run / "trials" / "grid00000.parquet").read_bytes(),
+    }
+    # a writer killed mid-file leaves a hidden temporary file: loaders skip it
+    for table in results.TABLES:
+        (run / table / f".grid00001.parquet.{table}.tmp").write_bytes(b"PAR1 torn")
+    state["loaded_with_torn_files"] = results.load_trials(run)["trial_id"].tolist()
+
+    rc, out = run_sweep([*resume, "--address", ray_address], root / "resumed.txt")
+    assert rc == 0, out[-3000:]
+    state["base_dirs"] = artifact_dirs(storage, "base")
+    state["lin_dirs"] = artifact_dirs(storage, "linearized")
+    return state
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kill_point", ["base_training", "first_trial_done"])
+def test_resume_after_driver_killed(kill_point: str, resumed_grid: dict) -> None:
+    at_kill = resumed_grid[kill_point]
+    if kill_point == "base_training":  # killed mid-training: nothing finished, no artifact
+        assert at_kill["rows"] == [] and at_kill["base_done"] == [False]
+    else:
+        assert at_kill["rows"] == ["grid00000.parquet"]
+        assert at_kill["base_dirs"] == resumed_grid["base_dirs"]  # trained once, after kill 1
+        assert resumed_grid["loaded_with_torn_files"] == ["grid00000"]
+    run = resumed_grid["run"]
+    trials = assert_tables(run, 2)  # exactly one row per grid point: none lost, none doubled
+    assert sorted(trials["trial_id"]) == ["grid00000", "grid00001"]
+    assert (trials["status"] == "ok").all()
+    assert set(trials["mitigation"]) == {"none", "lagrangian"}
+    assert (trials["epochs"] == 1).all()  # the saved space, not the default one
+    assert not list(run.glob("*/.*.tmp"))
+    # the resumes reused what the killed drivers had cached: no model was trained twice
+    assert len(resumed_grid["base_dirs"]) == 1 and len(resumed_grid["lin_dirs"]) == 1
+    if kill_point == "first_trial_done":  # the finished trial was reported, not recomputed
+        grid0 = (run / "trials" / "grid00000.parquet").read_bytes()
+        assert grid0 == resumed_grid["first_trial_done"]["first_bytes"]
+
+
+# -- artifact cache -----------------------------------------------------------------------
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_trials_sharing_a_budget_share_the_linearized_model(resumed_grid: dict) -> None:
+    trials = results.load_trials(resumed_grid["run"])
+    combos = set(zip(trials["method"], trials["budget"], trials["seed"]))
+    assert len(resumed_grid["lin_dirs"]) == len(combos) == 1
+    assert len(resumed_grid["base_dirs"]) == 1
+    assert trials["lin_key"].nunique() == 1 and trials["base_key"].nunique() == 1
+    assert set(trials["lin_key"]) == {p.name for p in resumed_grid["lin_dirs"]}
+
+
+# -- the README's main command ------------------------------------------------------------
+def test_readme_main_command_parses_and_preflights() -> None:
+    from tune_linfair.linearize.deepreduce import select_config
+    from tune_linfair.models import create_model, total_relus
+    from tune_linfair.stages import load_data
+
+    args = search.build_parser().parse_args(["--objective", "pareto"])
+    space = search.resolve_space(args)
+    search.validate_args(args, space)
+    search.preflight(space, args.objective)
+    assert space.name == "default" and space.experiment.data.name == "digits"
+    assert args.address == "local" and args.dashboard_host == "127.0.0.1"
+    # no sampled (method, budget) pair of the default can fail: DeepReDuce fits each budget
+    exp = space.experiment
+    data = load_data(exp, 0)
+    model = create_model(
+        exp.model.name, data.num_classes, data.input_shape, exp.model.width, exp.model.granularity
+    )
+    assert set(space.search["method"]["choices"]) == {"snl", "deepreduce"}
+    for budget in space.search["budget"]["choices"]:
+        assert select_config(model, budget).relu_count <= budget * total_relus(model)
