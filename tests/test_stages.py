@@ -1,0 +1,66 @@
+"""The base stage as a plain function: accuracy on real data, checkpoint, reuse by key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tune_linfair.config import load_space
+from tune_linfair.models import count_relus, total_relus
+from tune_linfair.stages import base_key, load_data, run_base, run_linearize
+from tune_linfair.train import evaluate
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_digits_base_reaches_90_percent_and_is_reused(cache: Path) -> None:
+    exp = load_space("default", ["diagnostics.hessian_max_samples=16"]).experiment
+    base, computed = run_base(exp, 0, cache)
+    assert computed
+    assert base.meta["accuracy"]["test"] >= 90.0  # percent, all-ReLU resnet_mini on digits
+    assert len(base.meta["group_accuracy"]["test"]) == 10
+    # the checkpoint reproduces the recorded test accuracy exactly
+    model = base.load()
+    data = load_data(exp, 0)
+    assert evaluate(model, data.test).accuracy() == pytest.approx(base.meta["accuracy"]["test"])
+    assert count_relus(model) == total_relus(model) == 3_840
+    # same key: reused, not retrained
+    stamp = (base.path / "model.pt").stat().st_mtime_ns
+    again, computed_again = run_base(exp, 0, cache)
+    assert not computed_again and again.key == base.key == base_key(exp, 0)
+    assert (again.path / "model.pt").stat().st_mtime_ns == stamp
+    # a different seed or recipe is a different key
+    assert base_key(exp, 1) != base.key
+    other = load_space(
+        "default", ["base.epochs=3", "diagnostics.hessian_max_samples=16"]
+    ).experiment
+    assert base_key(other, 0) != base.key
+    # base diagnostics are stored with it (gradients and Hessians at the base weights)
+    rows = [r for r in base.meta["groups"] if r["split"] == "test"]
+    assert len(rows) == 10 and all(r["grad_norm"] > 0 for r in rows)
+    json.dumps(base.meta)  # the record is plain JSON
+
+
+def test_synthetic_mlp_base_reaches_97_percent(cache: Path) -> None:
+    exp = load_space("synthetic", ["diagnostics.hessian=false"]).experiment
+    base, _ = run_base(exp, 0, cache)
+    assert base.meta["accuracy"]["test"] >= 97.0
+
+
+def test_linearized_artifact_is_shared_by_key(cache: Path) -> None:
+    exp = load_space("default", ["diagnostics.hessian_max_samples=16"]).experiment
+    base, _ = run_base(exp, 0, cache)
+    lin, computed = run_linearize(exp, base, "random", 0.1, 0, cache)
+    assert computed and lin.meta["relu_count"] == 384
+    model = lin.load()
+    assert count_relus(model) == 384
+    masks = [p for n, p in model.named_parameters() if n.endswith(".mask")]
+    assert all(torch.isin(m, torch.tensor([0.0, 1.0])).all() for m in masks)
+    again, computed_again = run_linearize(exp, base, "random", 0.1, 0, cache)
+    assert not computed_again and again.key == lin.key
