@@ -48,22 +48,13 @@ from common import (
 
 from tune_linfair.errors import UserError
 from tune_linfair.pareto import hypervolume, pareto_mask
+from tune_linfair.results import SUMMARY_COLUMNS
 
 DEFAULT_REFERENCE = (0.0, 100.0, 1.0)
 TABLE_COLUMNS = [
-    "trial_id",
-    "method",
-    "mitigation",
-    "budget",
-    "relu_count",
+    *SUMMARY_COLUMNS[:5],
     "relu_fraction",
-    "mu",
-    "lr",
-    "seed",
-    "val_accuracy",
-    "val_worst_group_drop",
-    "test_accuracy",
-    "test_worst_group_drop",
+    *SUMMARY_COLUMNS[5:],
     "pareto_2d",
     "pareto_3d",
     "method_pareto_2d",

@@ -23,44 +23,10 @@ from pathlib import Path
 
 import pytest
 from filelock import Timeout
+from sweep_helpers import ENV, NO_HESSIAN, TINY, session_pids
 
 from tune_linfair import results, search, stages
 from tune_linfair.config import SPACES_DIR
-
-ENV = {
-    **os.environ,
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TUNE_STATE_REFRESH_PERIOD": "0.1",
-    "PYTHONWARNINGS": "ignore",
-}
-TINY = [
-    "--no-dashboard",
-    "--set",
-    "base.epochs=2",
-    "--set",
-    "finetune.epochs=1",
-    "--set",
-    "linearize.deepreduce_epochs=1",
-    "--set",
-    "diagnostics.hessian=false",
-]
-
-
-def session_pids(sid: int) -> list[int]:
-    """Live processes of session ``sid`` (a sweep's driver and what it started)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 def run_cli(args: list[str], log: Path, timeout: float = 300) -> tuple[int, str]:
@@ -115,7 +81,7 @@ FAILING = [
 def failing_sweep(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("faults")
     storage, run = root / "runs", root / "runs" / "failing"
-    args = [*FAILING, "--storage-path", str(storage), "--run-dir", str(run), *TINY]
+    args = [*FAILING, "--storage-path", str(storage), "--run-dir", str(run), *TINY, *NO_HESSIAN]
     rc, out = run_cli(args, root / "log.txt")
     return {"rc": rc, "out": out, "storage": storage, "run": run}
 
@@ -161,7 +127,7 @@ def test_rerun_of_finished_sweep_without_resume_is_refused(
     run, storage = failing_sweep["run"], failing_sweep["storage"]
     assert (run / "sweep.json").is_file()
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run.rglob("*") if p.is_file()}
-    base = ["--storage-path", str(storage), "--run-dir", str(run), *TINY]
+    base = ["--storage-path", str(storage), "--run-dir", str(run), *TINY, *NO_HESSIAN]
     attempts = [
         ([*FAILING, *base], "already holds a sweep"),  # the same command again
         (["--objective", "grid", *base], "already holds a sweep"),
@@ -273,7 +239,7 @@ def test_unwritable_run_dir_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, 
         (["--storage-path", str(blocker / "runs")], "cannot create"),
     ]
     for extra, message in cases:
-        assert search.main(["--objective", "grid", *TINY, *extra]) == 2
+        assert search.main(["--objective", "grid", *TINY, *NO_HESSIAN, *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0] and str(blocker) in err[0], err
     assert blocker.read_text() == "not a directory" and not storage.exists()

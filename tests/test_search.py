@@ -20,26 +20,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from sweep_helpers import ENV, NO_HESSIAN, TINY, session_pids
 
 from tune_linfair import results, search
 
-ENV = {
-    **os.environ,
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TUNE_STATE_REFRESH_PERIOD": "0.1",
-    "PYTHONWARNINGS": "ignore",
-}
-TINY = [
-    "--no-dashboard",
-    "--set",
-    "base.epochs=2",
-    "--set",
-    "finetune.epochs=1",
-    "--set",
-    "linearize.deepreduce_epochs=1",
-]
-NO_HESSIAN = ["--set", "diagnostics.hessian=false"]
 # Two grid points that differ only in the mitigation: they share one linearized model.
 GRID2 = [
     "--objective",
@@ -60,22 +44,6 @@ STAGES_X_SPLITS = 3 * 2  # (base, linearized, finetuned) x (val, test)
 
 
 # -- helpers ------------------------------------------------------------------------------
-def session_pids(sid: int) -> list[int]:
-    """Processes of session ``sid`` (the sweep's driver and what it started)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[3]) == sid and fields[0] != "Z":  # state, ppid, pgrp, session
-            pids.append(int(entry.name))
-    return pids
-
-
 def kill_session(sid: int, wait_s: float = 10.0) -> None:
     """SIGKILL every live process of the session this test started (by id, nothing else)
     and wait until none is left."""

@@ -54,6 +54,7 @@ __all__ = [
     "SAMPLES_SCHEMA",
     "TABLES",
     "TRIALS_COLUMNS",
+    "SUMMARY_COLUMNS",
     "TRIALS_SCHEMA",
     "describe",
     "load_groups",
@@ -168,6 +169,21 @@ SAMPLES_SCHEMA: pa.Schema = _schema(
 )
 
 TRIALS_COLUMNS: tuple[str, ...] = tuple(TRIALS_SCHEMA.names)
+SUMMARY_COLUMNS = (
+    "trial_id",
+    "method",
+    "mitigation",
+    "budget",
+    "relu_count",
+    "mu",
+    "lr",
+    "seed",
+    "val_accuracy",
+    "val_worst_group_drop",
+    "test_accuracy",
+    "test_worst_group_drop",
+)
+"""The columns that summarize a trial (the sweep's Pareto table, analysis/pareto.py)."""
 GROUPS_COLUMNS: tuple[str, ...] = tuple(GROUPS_SCHEMA.names)
 SAMPLES_COLUMNS: tuple[str, ...] = tuple(SAMPLES_SCHEMA.names)
 

@@ -680,20 +680,7 @@ def summarize(run_dir: Path) -> None:
     failed = len(trials) - len(ok)
     print(f"\n{len(trials)} trials ({len(ok)} ok, {failed} failed) in {run_dir}")
     if len(ok):
-        cols = [
-            "trial_id",
-            "method",
-            "mitigation",
-            "budget",
-            "relu_count",
-            "mu",
-            "lr",
-            "seed",
-            "val_accuracy",
-            "val_worst_group_drop",
-            "test_accuracy",
-            "test_worst_group_drop",
-        ]
+        cols = list(results.SUMMARY_COLUMNS)
         front = ok[ok["pareto"]].sort_values("relu_count")[cols]
         print("Pareto-optimal trials (val accuracy max, val worst-group drop min, ReLUs min):")
         print(front.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

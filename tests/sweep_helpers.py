@@ -1,0 +1,40 @@
+"""Shared pieces of the sweep tests (tests/test_search.py, tests/test_faults.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_STATE_REFRESH_PERIOD": "0.1",
+    "PYTHONWARNINGS": "ignore",
+}
+TINY = [
+    "--no-dashboard",
+    "--set",
+    "base.epochs=2",
+    "--set",
+    "finetune.epochs=1",
+    "--set",
+    "linearize.deepreduce_epochs=1",
+]
+NO_HESSIAN = ["--set", "diagnostics.hessian=false"]
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes of session ``sid`` (the sweep's driver and what it started)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[3]) == sid and fields[0] != "Z":  # state, ppid, pgrp, session
+            pids.append(int(entry.name))
+    return pids
