@@ -123,9 +123,10 @@ def train_one_epoch(
     model.train()
     total, seen, steps, stopped = 0.0, 0, 0, False
     for batch in iterate_batches(split, batch_size, shuffle=True, generator=generator):
-        x = _prepare(batch.x, device)
+        x = batch.x.to(device, non_blocking=True)
         if augment is not None:
             x = augment(x, generator if x.device.type == "cpu" else None)
+        x = _prepare(x, device)  # after augmenting: random_crop_flip returns NCHW-contiguous
         batch = Batch(x, batch.y.to(device), batch.g.to(device), batch.index)
         with _autocast(device):
             loss = loss_fn(model, batch)
