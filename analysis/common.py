@@ -1,7 +1,7 @@
 """Helpers shared by the analysis scripts (pareto.py, figures.py, report.py).
 
 Everything here reads only the Parquet tables of :mod:`tune_linfair.results` with pandas
-and pyarrow: no torch, no Ray (DESIGN.md section 2). The scripts import this module as a
+and pyarrow: no torch, no Ray (docs/ARCHITECTURE.md). The scripts import this module as a
 sibling (``python analysis/pareto.py RUN`` puts ``analysis/`` on ``sys.path``).
 
 Seed aggregation (used by every figure and table): trials that share a configuration key

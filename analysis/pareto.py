@@ -4,7 +4,7 @@ Usage::
 
     python analysis/pareto.py RUN_DIR [--out DIR] [--reference ACC DROP RELU]
 
-Objectives (DESIGN.md section 7, the search's ``--objective pareto``), on validation:
+Objectives (:data:`tune_linfair.trial.OBJECTIVES`, the search's ``--objective pareto``), on validation:
 global accuracy (max), worst-group relative drop (min) and ReLU count (min). Fronts are
 computed over trials with ``status == "ok"``: in 2-D (accuracy, drop) and 3-D (with ReLU
 count), over the whole run and within each method.

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from _common import fmt_summary, loadavg, record, summary, table, uptime
 
-from tune_linfair.config import load_space
+from tune_linfair.spaces import load_space
 from tune_linfair.stages import load_data, run_trial
 
 BUDGETS = (0.5, 0.2, 0.1, 0.05)

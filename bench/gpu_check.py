@@ -134,7 +134,7 @@ def base_nosync_way(model: nn.Module, split, batch_size: int):
 
 def snl_way(base: nn.Module, split, batch_size: int):
     from tune_linfair.data.augment import random_crop_flip
-    from tune_linfair.finetune.kd import KDLoss, TeacherLogits
+    from tune_linfair.kd import KDLoss, TeacherLogits
     from tune_linfair.linearize.snl import SNLLoss, SNLSchedule
     from tune_linfair.models.activation import (
         linearizable_layers,
@@ -173,7 +173,7 @@ def snl_way(base: nn.Module, split, batch_size: int):
 
 def kd_way(base: nn.Module, split, batch_size: int):
     from tune_linfair.data.augment import random_crop_flip
-    from tune_linfair.finetune.kd import KDLoss, TeacherLogits
+    from tune_linfair.kd import KDLoss, TeacherLogits
     from tune_linfair.linearize.random_masks import random_linearize
     from tune_linfair.models import total_relus
     from tune_linfair.models.activation import weight_parameters

@@ -41,7 +41,7 @@ def worst_group_drop(base: list[float], acc: list[float]) -> float:
 
 
 def train_base(data, seed: int, epochs: int) -> torch.nn.Module:
-    """The all-ReLU base model, DESIGN.md section 5 recipe, selected on validation."""
+    """The all-ReLU base model, the base-training recipe (tune_linfair.pretrain), selected on validation."""
     gen = seed_everything(seed)
     model = create_model("resnet_mini", data.num_classes, data.input_shape)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)

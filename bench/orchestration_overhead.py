@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from _common import fmt_summary, loadavg, record, summary, table, timed, uptime  # noqa: E402
 
 from tune_linfair import results, search, trainables  # noqa: E402
-from tune_linfair.config import load_space  # noqa: E402
+from tune_linfair.spaces import load_space  # noqa: E402
 from tune_linfair.stages import load_data, run_base, run_linearize  # noqa: E402
 
 PARAMS = {"method": "snl", "budget": 0.2, "mitigation": "none", "mu": 0.0, "lr": 0.01}

@@ -40,7 +40,7 @@ import torch
 from _common import fmt_summary, loadavg, record, summary, table, uptime
 
 from tune_linfair import results
-from tune_linfair.config import load_space
+from tune_linfair.spaces import load_space
 from tune_linfair.stages import run_base, run_linearize
 
 

@@ -16,7 +16,7 @@ Per model, four ways to run ``--steps`` optimizer steps through the project's lo
 
 The teacher's logits: with augmentation (32x32 RGB) the teacher runs (no grad) on every
 augmented batch; without (digits) they are computed once and looked up
-(:class:`~tune_linfair.finetune.kd.TeacherLogits`).
+(:class:`~tune_linfair.kd.TeacherLogits`).
 
 Models: ``resnet_mini`` on the default ``digits`` data (717 training images, batch 64,
 check every 5 steps, as ``search_spaces/default.yaml``); the width-16 ResNet-18 on random
@@ -44,14 +44,14 @@ import torch.nn.functional as F
 from _common import fmt_summary, loadavg, record, summary, table, uptime
 from torch import nn
 
-from tune_linfair.config import load_space
 from tune_linfair.data.augment import random_crop_flip
 from tune_linfair.data.base import Split
-from tune_linfair.finetune.kd import KDLoss, TeacherLogits
+from tune_linfair.kd import KDLoss, TeacherLogits
 from tune_linfair.linearize.random_masks import random_linearize
 from tune_linfair.linearize.snl import SNLLoss, SNLSchedule
 from tune_linfair.models import create_model, total_relus
 from tune_linfair.models.activation import linearizable_layers, mask_parameters, weight_parameters
+from tune_linfair.spaces import load_space
 from tune_linfair.stages import load_data
 from tune_linfair.train import Batch, train_one_epoch
 

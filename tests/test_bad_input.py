@@ -1,5 +1,5 @@
 """Bad input: one ``error: ...`` line naming the bad value, exit code 2, no traceback, and
-nothing written (DESIGN.md section 9).
+nothing written (README "Reliability").
 
 One table of refused ``python -m tune_linfair.search`` commands. Most run in-process through
 :func:`tune_linfair.search.main` (cheap); those marked ``subprocess`` run the real command, so

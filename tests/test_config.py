@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tune_linfair.config import (
-    apply_overrides,
-    list_spaces,
-    load_space,
-    parse_space,
-    stable_hash,
-)
+from tune_linfair.cache import stable_hash
 from tune_linfair.errors import UserError
+from tune_linfair.spaces import apply_overrides, list_spaces, load_space, parse_space
 
 
 def test_bundled_spaces_parse() -> None:

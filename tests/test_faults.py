@@ -25,8 +25,9 @@ import pytest
 from filelock import Timeout
 from sweep_helpers import ENV, NO_HESSIAN, TINY, session_pids
 
-from tune_linfair import results, search, stages
-from tune_linfair.config import SPACES_DIR
+from tune_linfair import cache, results, rundir, search
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 
 
 def run_cli(args: list[str], log: Path, timeout: float = 300) -> tuple[int, str]:
@@ -102,7 +103,7 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(failing_sweep: dict) -
     fine = trials[(trials["budget"] == 0.5) & (trials["lr"] == 0.01)]
     assert len(impossible) and len(diverged) and len(fine), trials[["budget", "lr"]]
     assert (impossible["status"] == "failed").all() and (diverged["status"] == "failed").all()
-    assert impossible["error"].str.contains("UserError: ReLU budget .* DeepReDuce").all()
+    assert impossible["error"].str.contains("BudgetUnreachable: ReLU budget .* DeepReDuce").all()
     assert diverged["error"].str.contains("NonFiniteLossError: loss became (?:nan|inf)").all()
     assert (fine["status"] == "ok").all() and fine["error"].isna().all()
     assert not trials.loc[trials["status"] == "failed", "pareto"].any()
@@ -159,10 +160,7 @@ def test_hidden_temp_files_are_skipped_and_removed_on_resume(tmp_path: Path) -> 
     assert results.load_trials(run)["trial_id"].tolist() == ["t1"]
     assert len(results.load_groups(run)) == 0 and len(results.load_samples(run)) == 0
 
-    args = search.build_parser().parse_args(
-        ["--resume", "--run-dir", str(run), "--storage-path", str(storage)]
-    )
-    search.create_run_dir(args, run, storage)
+    rundir.create_run_dir(rundir.RunDir(run, storage), resume=True)
     assert not any(p.exists() for p in torn)
     assert {t: results.trial_file(run, t, "t1").read_bytes() for t in results.TABLES} == good
 
@@ -182,11 +180,11 @@ time.sleep(600)
 
 @pytest.mark.timeout(120)
 def test_worker_killed_holding_artifact_lock(tmp_path: Path, monkeypatch) -> None:
-    cache, key = tmp_path / "cache", "0123456789abcdef"
-    path = stages.artifact_dir(cache, "base", key)
+    cache_dir, key = tmp_path / "cache", "0123456789abcdef"
+    path = cache.artifact_dir(cache_dir, "base", key)
     path.mkdir(parents=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(stages.artifact_lock(path)), str(path)],
+        [sys.executable, "-c", HOLDER, str(cache.artifact_lock(path)), str(path)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -200,18 +198,20 @@ def test_worker_killed_holding_artifact_lock(tmp_path: Path, monkeypatch) -> Non
 
     try:
         assert holder.stdout.readline().strip() == "locked"
-        monkeypatch.setattr(stages, "LOCK_TIMEOUT_S", 1.0)
+        monkeypatch.setattr(cache, "LOCK_TIMEOUT_S", 1.0)
         with pytest.raises(Timeout):  # the live holder's lock is respected
-            stages.cached(cache, "base", key, compute)
+            cache.cached(cache_dir, "base", key, compute)
         assert not calls
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    monkeypatch.setattr(stages, "LOCK_TIMEOUT_S", 30.0)
+    monkeypatch.setattr(cache, "LOCK_TIMEOUT_S", 30.0)
     outcome: list[tuple] = []
     start = time.monotonic()
     workers = [
-        threading.Thread(target=lambda: outcome.append(stages.cached(cache, "base", key, compute)))
+        threading.Thread(
+            target=lambda: outcome.append(cache.cached(cache_dir, "base", key, compute))
+        )
         for _ in range(2)
     ]
     for w in workers:
@@ -222,7 +222,7 @@ def test_worker_killed_holding_artifact_lock(tmp_path: Path, monkeypatch) -> Non
     assert calls == [path]  # computed exactly once, the half-written file not trusted
     assert sorted(computed for _, computed in outcome) == [False, True]
     assert (path / "model.pt").read_bytes() == b"weights"
-    assert stages.cached(cache, "base", key, compute)[1] is False and len(calls) == 1
+    assert cache.cached(cache_dir, "base", key, compute)[1] is False and len(calls) == 1
 
 
 # -- unwritable run directory, full disk --------------------------------------------------
@@ -261,7 +261,7 @@ def test_disk_full_while_writing_results(tmp_path: Path, monkeypatch, torch_thre
     left and the rows already written still load, unchanged."""
     import pyarrow.parquet as pq
 
-    from tune_linfair.config import load_space
+    from tune_linfair.spaces import load_space
     from tune_linfair.trainables import SweepContext, TrialFailed, search_trial
 
     space = load_space(
@@ -298,9 +298,10 @@ def test_space_name_cannot_escape_storage(evil: str, tmp_path: Path) -> None:
     args = search.build_parser().parse_args(
         ["--objective", "grid", "--storage-path", str(storage), "--set", f"name={evil}"]
     )
-    space = search.resolve_space(args)
+    args, space, record = search.resolve(args)
     assert space.name == evil
-    run_dir, got_storage = search.prepare_run_dir(args, space)
+    run = rundir.locate(args.storage_path, args.run_dir, space.name, args.objective, record)
+    run_dir, got_storage = run.path, run.storage
     assert got_storage == storage.resolve() and run_dir.parent == storage.resolve()
     assert not run_dir.name.startswith(".") and "/" not in run_dir.name
     assert ".." not in run_dir.relative_to(storage.resolve()).parts
@@ -313,7 +314,8 @@ def test_space_file_name_cannot_escape_storage(tmp_path: Path) -> None:
     spec.write_text(default.replace("name: default", "name: ../../../evil"))
     storage = tmp_path / "runs"
     args = search.build_parser().parse_args(["--space", str(spec), "--storage-path", str(storage)])
-    run_dir, _ = search.prepare_run_dir(args, search.resolve_space(args))
+    args, space, _ = search.resolve(args)
+    run_dir = rundir.locate(args.storage_path, args.run_dir, space.name, args.objective).path
     assert run_dir.parent == storage.resolve() and run_dir.name.startswith("evil-pareto-")
 
 
@@ -327,17 +329,17 @@ def test_trial_and_artifact_names_cannot_escape(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             results.trial_file(tmp_path, "trials", bad)
         with pytest.raises(ValueError):
-            stages.artifact_dir(tmp_path, "base", bad)
+            cache.artifact_dir(tmp_path, "base", bad)
         with pytest.raises(ValueError):
-            stages.artifact_dir(tmp_path, bad, "0123abcd")
-    assert stages.artifact_dir(tmp_path, "linearized", "ab12") == tmp_path / "linearized" / "ab12"
+            cache.artifact_dir(tmp_path, bad, "0123abcd")
+    assert cache.artifact_dir(tmp_path, "linearized", "ab12") == tmp_path / "linearized" / "ab12"
     with pytest.raises(ValueError):
-        stages.cached(tmp_path, "base", "../../x", lambda p: {})
+        cache.cached(tmp_path, "base", "../../x", lambda p: {})
     assert not list(tmp_path.iterdir())
 
 
 def test_safe_name() -> None:
-    assert search.safe_name("default") == "default"
-    assert search.safe_name("../../evil") == "evil"
-    assert search.safe_name("my space/v2") == "my_space_v2"
-    assert search.safe_name("..") == "sweep" and search.safe_name("") == "sweep"
+    assert rundir.safe_name("default") == "default"
+    assert rundir.safe_name("../../evil") == "evil"
+    assert rundir.safe_name("my space/v2") == "my_space_v2"
+    assert rundir.safe_name("..") == "sweep" and rundir.safe_name("") == "sweep"

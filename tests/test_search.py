@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from sweep_helpers import ENV, NO_HESSIAN, TINY, session_pids
 
-from tune_linfair import results, search
+from tune_linfair import results, search, stages
 
 # Two grid points that differ only in the mitigation: they share one linearized model.
 GRID2 = [
@@ -343,9 +343,9 @@ def test_readme_main_command_parses_and_preflights() -> None:
     from tune_linfair.stages import load_data
 
     args = search.build_parser().parse_args(["--objective", "pareto"])
-    space = search.resolve_space(args)
+    args, space, _ = search.resolve(args)
     search.validate_args(args, space)
-    search.preflight(space, args.objective)
+    stages.preflight(space, args.objective)
     assert space.name == "default" and space.experiment.data.name == "digits"
     assert args.address == "local" and args.dashboard_host == "127.0.0.1"
     # no sampled (method, budget) pair of the default can fail: DeepReDuce fits each budget

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tune_linfair.config import load_space
+from tune_linfair.cache import base_key
 from tune_linfair.models import count_relus, total_relus
-from tune_linfair.stages import base_key, load_data, run_base, run_linearize
+from tune_linfair.spaces import load_space
+from tune_linfair.stages import load_artifact_model, load_data, run_base, run_linearize
 from tune_linfair.train import evaluate
 
 
@@ -26,7 +27,7 @@ def test_digits_base_reaches_90_percent_and_is_reused(cache: Path) -> None:
     assert base.meta["accuracy"]["test"] >= 90.0  # percent, all-ReLU resnet_mini on digits
     assert len(base.meta["group_accuracy"]["test"]) == 10
     # the checkpoint reproduces the recorded test accuracy exactly
-    model = base.load()
+    model = load_artifact_model(base)
     data = load_data(exp, 0)
     assert evaluate(model, data.test).accuracy() == pytest.approx(base.meta["accuracy"]["test"])
     assert count_relus(model) == total_relus(model) == 3_840
@@ -58,7 +59,7 @@ def test_linearized_artifact_is_shared_by_key(cache: Path) -> None:
     base, _ = run_base(exp, 0, cache)
     lin, computed = run_linearize(exp, base, "random", 0.1, 0, cache)
     assert computed and lin.meta["relu_count"] == 384
-    model = lin.load()
+    model = load_artifact_model(lin)
     assert count_relus(model) == 384
     masks = [p for n, p in model.named_parameters() if n.endswith(".mask")]
     assert all(torch.isin(m, torch.tensor([0.0, 1.0])).all() for m in masks)

@@ -2,7 +2,7 @@
 
 Stages (base training, linearization, fine-tuning) are plain functions in
 :mod:`tune_linfair.stages`; :mod:`tune_linfair.search` schedules them with Ray Tune and
-Optuna. See README.md and shared DESIGN.md.
+Optuna. See README.md and docs/ARCHITECTURE.md.
 """
 
 from tune_linfair.errors import UserError

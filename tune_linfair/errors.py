@@ -16,3 +16,8 @@ class UserError(Exception):
 def unknown(kind: str, value: object, choices: Iterable[str]) -> UserError:
     """Build the standard 'unknown X' error naming the valid choices."""
     return UserError(f"unknown {kind} {value!r}; choose one of: {', '.join(sorted(choices))}")
+
+
+class BudgetUnreachable(UserError):
+    """A ReLU budget that a method cannot meet (e.g. below every DeepReDuce configuration):
+    the trials asking for it fail, the others of a sweep can still run."""

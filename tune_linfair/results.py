@@ -6,16 +6,17 @@ A run directory ``RUN`` holds three Parquet datasets, one file per trial in each
     RUN/groups/<trial_id>.parquet    one row per trial x stage x split x group
     RUN/samples/<trial_id>.parquet   one row per trial x stage x split x sample
 
-Units. Accuracies are fractions in [0, 1]; a *relative drop* is in percent,
-``100 * (acc_base_a - acc_a) / acc_base_a`` (DESIGN.md section 6, the paper's Eq. for the
-group drop); the worst-group drop is the max of that over groups; the parity gap is
+Units (the convention of :mod:`tune_linfair.trial`, repeated in every column's description).
+Accuracies are fractions in [0, 1]; a *relative drop* is in percent,
+``100 * (acc_base_a - acc_a) / acc_base_a`` (Das et al., ICML 2024, the group drop of
+Figs. 1/6); the worst-group drop is the max of that over groups; the parity gap is
 ``max_a acc_a - min_a acc_a`` (a fraction, like accuracy). ReLU counts are per image.
 
-Atomicity (DESIGN.md section 8). :func:`write_trial` writes each file to a hidden temporary
-file in the same directory, ``fsync``s it and ``os.replace``s it onto ``<trial_id>.parquet``,
-then ``fsync``s the directory: a crash leaves either the old file or the new one, never a
-partial one, and rewriting a trial (a resumed sweep) replaces its rows instead of
-duplicating them. Groups and samples are written before the trials row, so a trials row
+Atomicity. :func:`write_trial` writes each file with :func:`tune_linfair.cache.atomic_write`
+(a hidden temporary file in the same directory, ``fsync``, ``os.replace`` onto
+``<trial_id>.parquet``, ``fsync`` of the directory): a crash leaves either the old file or
+the new one, never a partial one, and rewriting a trial (a resumed sweep) replaces its rows
+instead of duplicating them. Groups and samples are written before the trials row, so a trials row
 implies its details exist. Readers (pyarrow datasets, ``pd.read_parquet(dir)``) skip
 hidden files, hence never see a temporary file.
 
@@ -32,7 +33,6 @@ import datetime as dt
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,13 +43,14 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from tune_linfair.cache import atomic_write
 from tune_linfair.errors import UserError
 from tune_linfair.pareto import pareto_mask
+from tune_linfair.trial import OBJECTIVES
 
 __all__ = [
     "GROUPS_COLUMNS",
     "GROUPS_SCHEMA",
-    "OBJECTIVES",
     "SAMPLES_COLUMNS",
     "SAMPLES_SCHEMA",
     "TABLES",
@@ -61,7 +62,6 @@ __all__ = [
     "load_samples",
     "load_table",
     "load_trials",
-    "plot_pareto",
     "read_trial_row",
     "trial_file",
     "write_trial",
@@ -93,15 +93,19 @@ TRIALS_SCHEMA: pa.Schema = _schema(
         ("dataset", _S, "dataset name (digits, synthetic, cifar10, svhn, utkface)"),
         ("model", _S, "model name from the registry (e.g. resnet18)"),
         ("width", _I, "model width multiplier"),
-        ("method", _S, "linearization method: snl or deepreduce"),
+        ("method", _S, "linearization method: snl, deepreduce or random"),
         ("granularity", _S, "granularity of the ReLU masks the method removes"),
         ("mitigation", _S, "fine-tuning mitigation: none, lagrangian or accuracy_gap"),
         ("budget", _F, "requested ReLU budget as a fraction of relu_total"),
         ("relu_count", _I, "ReLUs kept (per image) after linearization"),
         ("relu_total", _I, "ReLUs of the all-ReLU model (per image)"),
         ("relu_fraction", _F, "relu_count / relu_total"),
-        ("mu", _F, "multiplier step size of the mitigation (lagrangian)"),
-        ("epsilon", _F, "slack of the accuracy_gap constraint (fraction)"),
+        ("mu", _F, "multiplier step of the lagrangian mitigation (null for other mitigations)"),
+        (
+            "epsilon",
+            _F,
+            "slack of the accuracy_gap constraint, percentage points (null for other mitigations)",
+        ),
         ("lr", _F, "fine-tuning learning rate"),
         ("epochs", _I, "fine-tuning epochs"),
         ("seed", _I, "random seed (data split, base model, linearization, fine-tuning)"),
@@ -111,8 +115,8 @@ TRIALS_SCHEMA: pa.Schema = _schema(
         ("test_worst_group_drop", _F, "max over groups of the relative drop on test (%)"),
         ("val_parity_gap", _F, "max_a acc_a - min_a acc_a on validation (fraction)"),
         ("test_parity_gap", _F, "max_a acc_a - min_a acc_a on test (fraction)"),
-        ("base_val_accuracy", _F, "validation accuracy of the all-ReLU base model"),
-        ("base_test_accuracy", _F, "test accuracy of the all-ReLU base model"),
+        ("base_val_accuracy", _F, "validation accuracy of the all-ReLU base model (fraction)"),
+        ("base_test_accuracy", _F, "test accuracy of the all-ReLU base model (fraction)"),
         ("weight_distance", _F, "||theta_final - theta_base||_2 over shared weights"),
         ("est_online_latency_s", _F, "estimated online private-inference latency (s)"),
         ("est_online_comm_mb", _F, "estimated online communication (MB)"),
@@ -138,7 +142,7 @@ GROUPS_SCHEMA: pa.Schema = _schema(
         ("group_name", _S, "group name"),
         ("n", _I, "samples of the group in the split"),
         ("accuracy", _F, "group accuracy (fraction)"),
-        ("base_accuracy", _F, "group accuracy of the base model on the same split"),
+        ("base_accuracy", _F, "group accuracy of the base model on the same split (fraction)"),
         ("relative_drop", _F, "100 * (base_accuracy - accuracy) / base_accuracy (%)"),
         ("loss", _F, "mean cross-entropy over the group's samples"),
         ("grad_norm", _F, "||grad_theta J(theta; S_a)||_2, J = mean CE over the group"),
@@ -193,18 +197,12 @@ TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES_SCHEMA,
 }
 
-OBJECTIVES: tuple[tuple[str, bool], ...] = (
-    ("val_accuracy", True),
-    ("val_worst_group_drop", False),
-    ("relu_count", False),
-)
-"""Search objectives as (column, maximize): DESIGN.md section 7, ``--objective pareto``."""
-
 
 def describe(table: str | None = None) -> str:
     """Markdown tables (column, type, description) of one table or of all three.
 
-    docs/readme_results.md embeds this text (tests/test_results.py checks it is current).
+    The README's "Parquet tables" section embeds this text (tests/test_results.py checks it
+    is current).
     """
     names = [table] if table is not None else list(TABLES)
     out: list[str] = []
@@ -314,36 +312,6 @@ def trial_file(run_dir: str | os.PathLike[str], table: str, trial_id: str) -> Pa
     return Path(run_dir) / table / f"{_check_trial_id(trial_id)}.parquet"
 
 
-def _fsync_dir(path: Path) -> None:
-    """Persist a rename (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` via a hidden temp file, fsync and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def write_trial(
     run_dir: str | os.PathLike[str],
     trial_row: Mapping[str, Any],
@@ -369,7 +337,8 @@ def write_trial(
         "trials": _table("trials", [trial_row], ids),
     }
     for name in ("groups", "samples", "trials"):  # trials last
-        _write_atomic(tables[name], trial_file(run_dir, name, trial_id))
+        with atomic_write(trial_file(run_dir, name, trial_id)) as fh:
+            pq.write_table(tables[name], fh, compression="zstd")
 
 
 # ---------------------------------------------------------------------------------------
@@ -421,16 +390,16 @@ def load_trials(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
 
     ``pareto`` is True for the rows with ``status == "ok"`` and finite objectives that no
     other such row dominates on (val_accuracy max, val_worst_group_drop min, relu_count
-    min) (see :data:`OBJECTIVES` and :func:`tune_linfair.pareto.pareto_mask`).
+    min) (see :data:`tune_linfair.trial.OBJECTIVES` and :func:`tune_linfair.pareto.pareto_mask`).
     """
     df = load_table(run_dir, "trials")
     df = df.sort_values(["finished_at", "trial_id"], na_position="last", kind="stable")
     df = df.reset_index(drop=True)
     ok = (df["status"] == "ok").fillna(False).to_numpy(dtype=bool)
-    cols = [c for c, _ in OBJECTIVES]
+    cols = [o.name for o in OBJECTIVES]
     pts = df.loc[ok, cols].astype("float64").to_numpy(na_value=np.nan)
     flag = np.zeros(len(df), dtype=bool)
-    flag[np.flatnonzero(ok)] = pareto_mask(pts, [m for _, m in OBJECTIVES])
+    flag[np.flatnonzero(ok)] = pareto_mask(pts, [o.mode == "max" for o in OBJECTIVES])
     df["pareto"] = flag
     return df
 
@@ -456,38 +425,3 @@ def read_trial_row(run_dir: str | os.PathLike[str], trial_id: str) -> dict[str, 
         return None
     rows = pq.read_table(path, schema=TRIALS_SCHEMA).to_pylist()
     return rows[0] if rows else None
-
-
-def plot_pareto(trials: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Scatter validation accuracy (%) vs worst-group drop (%) of the ok trials; save a PNG.
-
-    Colour = method; Pareto trials (the ``pareto`` column of :func:`load_trials`, i.e. the
-    3-objective front) are ringed in black. matplotlib is imported here, with the Agg
-    backend, only when a plot is asked for. analysis/pareto.py draws the fuller version.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = trials[(trials["status"] == "ok").fillna(False).astype(bool)]
-    acc = 100 * ok["val_accuracy"].astype("float64").to_numpy(na_value=np.nan)
-    drop = ok["val_worst_group_drop"].astype("float64").to_numpy(na_value=np.nan)
-    front = ok["pareto"].to_numpy(dtype=bool) if "pareto" in ok else np.zeros(len(ok), bool)
-    methods = ok["method"].fillna("?").astype(str).to_numpy()
-    fig, ax = plt.subplots(figsize=(6, 4.4))
-    for method in sorted(set(methods)):
-        sel = methods == method
-        ax.scatter(drop[sel], acc[sel], s=30, alpha=0.7, label=method)
-    ax.scatter(drop[front], acc[front], s=90, facecolors="none", edgecolors="k", label="Pareto")
-    ax.set_xlabel("validation worst-group relative drop (%)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Trials (Pareto: accuracy, worst-group drop, ReLU count)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out

@@ -2,8 +2,8 @@
 
 Each loader is ``load(root, seed, download, *, <options>) -> GroupedDataset``; its
 keyword-only parameters are its options, so :func:`get_dataset` validates user options
-against the signature and names the valid ones on a mistake. See DESIGN.md section 3 and
-docs/readme_data.md for the datasets, file layouts and protocols.
+against the signature and names the valid ones on a mistake. See README "Data" for
+the datasets, file layouts and protocols.
 """
 
 from __future__ import annotations

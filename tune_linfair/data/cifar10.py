@@ -10,7 +10,7 @@ ourselves: torchvision's class checks MD5 sums, which would reject test fixtures
 only used to fetch the files when ``download=True``. The reader is a restricted unpickler
 that resolves only NumPy's array-reconstruction globals, so a batch file cannot run code.
 
-Protocol (Das et al., ICML 2024, Sec. 5; DESIGN.md section 3): the training pool keeps
+Protocol (Das et al., ICML 2024, Sec. 5; README "Data"): the training pool keeps
 ``majority_share`` (0.9) of classes 0-4 and ``minority_share`` (0.1) of classes 5-9; a
 validation split stratified by class is carved from it; the official test batch keeps its
 balanced distribution unless ``unbalance_test`` (the paper's code unbalances it too).

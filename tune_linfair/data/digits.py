@@ -4,7 +4,7 @@ The default dataset: it ships with scikit-learn, so the default sweep needs no d
 It mirrors the paper's unbalanced CIFAR-10 (Das et al., ICML 2024, Sec. 5: 90% of classes
 0-4 kept, 10% of classes 5-9), with group = class.
 
-Protocol (DESIGN.md section 3):
+Protocol (README "Data"):
 1. carve a test split stratified by class from the full data; it keeps the source's
    (balanced) distribution unless ``unbalance_test`` (the paper's code unbalances it);
 2. unbalance the remaining pool: classes 0-4 keep ``majority_share``, 5-9 ``minority_share``;

@@ -5,7 +5,7 @@ Every helper works on index tensors so that loaders can split uint8 images befor
 by the loader, consumed in a fixed order (strata visited in ascending id), so the same seed
 gives the same split on the same torch version.
 
-Protocol (DESIGN.md section 3): the test split keeps the source distribution unless asked
+Protocol (README "Data"): the test split keeps the source distribution unless asked
 otherwise; unbalancing applies to the training pool; validation is carved from the training
 pool, stratified by group, so model selection never looks at test data (unlike the paper's
 code, which picks its checkpoint on the test set).

@@ -1,7 +1,7 @@
 """Fine-tuning a linearized student by distillation, with or without a fairness mitigation.
 
 One entry point, :func:`finetune`, runs the fine-tuning stage of both SNL and DeepReDuce
-(DESIGN.md section 5): knowledge distillation from the frozen base model (the teacher),
+(settings: :class:`~tune_linfair.config.FinetuneSettings`): knowledge distillation from the frozen base model (the teacher),
 ``L_KD = CE + T^2 * KL`` with T = 4 (Das, Romanelli, Fioretto, ICML 2024, Sec. 5), SGD
 (lr 1e-3, momentum 0.9, weight decay 5e-4) over the weights only (the binary masks stay
 frozen), a cosine learning-rate schedule over the epochs, and model selection on the
@@ -27,16 +27,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tune_linfair.config import MITIGATIONS, SELECTORS, FinetuneSettings
 from tune_linfair.data.augment import random_crop_flip
 from tune_linfair.data.base import GroupedDataset
-from tune_linfair.errors import UserError, unknown
-from tune_linfair.finetune.kd import TEMPERATURE, KDLoss, TeacherLogits, kd_per_sample
+from tune_linfair.errors import UserError
 from tune_linfair.finetune.mitigation import (
-    MITIGATIONS,
     AccuracyGapLoss,
     LagrangianKD,
     group_sums,
 )
+from tune_linfair.kd import KDLoss, TeacherLogits, kd_per_sample
 from tune_linfair.models.activation import linearizable_layers, weight_parameters
 from tune_linfair.train import (
     EvalResult,
@@ -47,70 +47,6 @@ from tune_linfair.train import (
     seed_everything,
     val_accuracy,
 )
-
-SELECTORS: tuple[str, ...] = ("accuracy", "worst_group")
-"""Model-selection criteria on the validation split: overall accuracy, or the minimum
-per-group accuracy."""
-
-
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UserError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """Fine-tuning settings (validated on construction; errors are one-line UserErrors).
-
-    - ``mitigation``: one of :data:`MITIGATIONS`;
-    - ``mu`` (>= 0): step of the ``lagrangian`` multipliers, in units of the KD-loss gap
-      (ignored by the other mitigations);
-    - ``epsilon`` (>= 0, percentage points) and ``dual_lr`` (>= 0, multiplier change per
-      percentage point of violation per epoch): ``accuracy_gap``'s tolerance and step;
-    - ``lr`` (> 0), ``momentum`` in [0, 1), ``weight_decay`` (>= 0): SGD, cosine schedule
-      over ``epochs``;
-    - ``batch_size``, ``temperature`` (> 0) of the distillation;
-    - ``select``: ``"accuracy"`` (validation accuracy) or ``"worst_group"`` (minimum
-      per-group validation accuracy).
-
-    Defaults follow DESIGN.md section 5 (lr 1e-3, momentum 0.9, wd 5e-4, T = 4); ``epochs``
-    and ``batch_size`` are sized for the default ``digits`` data (647 training images).
-    """
-
-    mitigation: str = "none"
-    mu: float = 0.0
-    epsilon: float = 0.0
-    dual_lr: float = 0.01
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    epochs: int = 20
-    batch_size: int = 64
-    temperature: float = TEMPERATURE
-    select: str = "accuracy"
-
-    def __post_init__(self) -> None:
-        if self.mitigation not in MITIGATIONS:
-            raise unknown("mitigation", self.mitigation, MITIGATIONS)
-        if self.select not in SELECTORS:
-            raise unknown("model selection", self.select, SELECTORS)
-        for name in ("mu", "epsilon", "dual_lr", "weight_decay"):
-            if _number(name, getattr(self, name)) < 0:
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("lr", "temperature"):
-            if _number(name, getattr(self, name)) <= 0:
-                raise UserError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not 0.0 <= _number("momentum", self.momentum) < 1.0:
-            raise UserError(f"momentum must lie in [0, 1), got {self.momentum!r}")
-        _positive_int("epochs", self.epochs)
-        _positive_int("batch_size", self.batch_size)
 
 
 @dataclass

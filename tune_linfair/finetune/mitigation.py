@@ -5,10 +5,12 @@ that keep per-group statistics over the epoch; ``fit`` calls ``end_epoch(model)`
 epoch, which updates the multipliers once and returns ``{"lambda_<a>": ..,
 "violation_<a>": ..}`` for every group id ``a`` (merged into the epoch's log). As in cooper,
 a *state* (loss, per-group violations) is computed per batch, the *formulation* (a
-Lagrangian) combines them, and the multipliers are checkpointed (``state_dict``).
+Lagrangian) combines them, and the multipliers are checkpointed (``state_dict``; a sweep
+trial saves the final ones in its fine-tuned checkpoint's record,
+:func:`tune_linfair.stages.run_trial`).
 
 Notation: ``l_i`` is the distillation loss of sample ``i``
-(:func:`~tune_linfair.finetune.kd.kd_per_sample`, ``CE + T^2 * KL``, T = 4), ``B`` a
+(:func:`~tune_linfair.kd.kd_per_sample`, ``CE + T^2 * KL``, T = 4), ``B`` a
 mini-batch, ``B_a`` its samples of group ``a``, ``S`` / ``S_a`` the epoch's samples (all of
 them / group ``a``), ``L(X) = mean_{i in X} l_i``.
 
@@ -52,11 +54,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune_linfair.errors import UserError
-from tune_linfair.finetune.kd import TEMPERATURE, TeacherLogits, kd_per_sample
+from tune_linfair.kd import TEMPERATURE, TeacherLogits, kd_per_sample
 from tune_linfair.train import Batch
-
-MITIGATIONS: tuple[str, ...] = ("none", "lagrangian", "accuracy_gap")
-"""Names of the fine-tuning mitigations (``none`` is plain KD, the paper's baseline)."""
 
 
 def group_sums(
@@ -136,7 +135,7 @@ class LagrangianKD(_GroupMultipliers):
         loss(B) = L(B) + sum_{a : |B_a| > 0} lambda_a * |L(B) - L(B_a)|
         end of epoch: lambda_a <- lambda_a + mu * |L(S) - L(S_a)|   if |S_a| > 0
 
-    ``L`` is the mean of :func:`~tune_linfair.finetune.kd.kd_per_sample`
+    ``L`` is the mean of :func:`~tune_linfair.kd.kd_per_sample`
     (``CE + T^2 * KL``) over the batch / its group-``a`` samples; ``L(S)`` and ``L(S_a)``
     are sample-weighted means of the detached per-sample losses of the epoch's training
     steps. Groups absent from a batch add nothing to that batch; groups absent from the

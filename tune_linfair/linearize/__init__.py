@@ -12,23 +12,21 @@ binary and frozen; the teacher is left as it was) and returns a log dict. The me
 - ``random``: the same budget with ReLUs kept uniformly at random, seeded
   (:mod:`tune_linfair.linearize.random_masks`).
 
-Budgets are fractions in (0, 1] or counts >= 1 (:func:`resolve_budget`). The algorithms,
-constants and differences from the original code are in ``docs/readme_linearize.md``.
+Budgets are fractions in (0, 1] or counts >= 1 (:func:`resolve_budget`); the knobs are
+:class:`~tune_linfair.config.LinearizeSettings`. The algorithms, constants and differences
+from the original code are in README "Linearization methods".
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from tune_linfair.config import METHODS, LinearizeSettings
 from tune_linfair.data.base import GroupedDataset
-from tune_linfair.errors import UserError, unknown
+from tune_linfair.errors import unknown
 from tune_linfair.linearize.budget import freeze_top, resolve_budget, select_entries
 from tune_linfair.linearize.deepreduce import (
     DeepReduceConfig,
@@ -43,113 +41,6 @@ from tune_linfair.linearize.snl import SNLResult, snl
 from tune_linfair.models.activation import count_relus, linearizable_layers, total_relus
 from tune_linfair.train import seed_everything
 
-METHODS = ("snl", "deepreduce", "random")
-
-
-@dataclass(frozen=True)
-class LinearizeSettings:
-    """Every knob of the linearization methods, with DESIGN.md's defaults (section 5).
-
-    SNL (Cho et al. 2022): Adam at ``snl_lr`` (masks at ``snl_mask_lr`` when set, else
-    ``snl_lr``), loss ``CE + T^2 * KL + c * sum|m|`` with ``T = temperature``; ``c`` starts
-    at ``c0`` and is multiplied by ``c_growth`` at every ``c_every`` steps (None: once per
-    epoch, as the original) whose count ``m > threshold`` is no new low, after
-    ``warmup_checks`` such updates; the count is checked for the stop every ``check_every``
-    steps; at most ``max_epochs`` epochs of batches of ``batch_size`` (a safety cap: ``c``
-    grows geometrically while the count stalls, so SNL normally stops at the budget first;
-    on digits DESIGN's constants need ~2,400 steps, 400 epochs at batch 128, for 5%). Keep
-    ``snl_mask_lr`` at or below ``threshold``: Adam moves a mask by about its lr per step,
-    so larger values make masks oscillate across the threshold and the count stalls.
-
-    DeepReDuce (Jha et al. 2021): ``deepreduce_epochs`` of SGD (``deepreduce_lr``,
-    ``deepreduce_momentum``, ``deepreduce_weight_decay``, cosine) on
-    ``lambda * CE + (1 - lambda) * T^2 * KL`` with ``lambda = deepreduce_lambda``, from the
-    base weights, or from fresh weights with ``from_scratch``.
-    """
-
-    snl_lr: float = 1e-3
-    snl_mask_lr: float | None = None
-    temperature: float = 4.0
-    c0: float = 1e-5
-    c_growth: float = 1.1
-    threshold: float = 1e-2
-    check_every: int = 10
-    c_every: int | None = None
-    warmup_checks: int = 5
-    max_epochs: int = 1000
-    batch_size: int = 128
-    deepreduce_lambda: float = 0.5
-    deepreduce_epochs: int = 10
-    deepreduce_lr: float = 1e-2
-    deepreduce_momentum: float = 0.9
-    deepreduce_weight_decay: float = 5e-4
-    from_scratch: bool = False
-
-    def __post_init__(self) -> None:
-        positive = ("snl_lr", "temperature", "c0", "deepreduce_lr")
-        non_negative = ("deepreduce_weight_decay",)
-        at_least_one = ("check_every", "max_epochs", "batch_size")
-        counts = ("warmup_checks", "deepreduce_epochs")
-        for name in positive + non_negative:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"linearize setting {name}={value!r} must be a number")
-            if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
-                bound = "> 0" if name in positive else ">= 0"
-                raise UserError(f"linearize setting {name}={value!r} must be {bound}")
-        for name in at_least_one + counts:
-            value = getattr(self, name)
-            low = 1 if name in at_least_one else 0
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise UserError(f"linearize setting {name}={value!r} must be an integer >= {low}")
-        if self.snl_mask_lr is not None and not (
-            isinstance(self.snl_mask_lr, (int, float)) and self.snl_mask_lr > 0
-        ):
-            raise UserError(
-                f"linearize setting snl_mask_lr={self.snl_mask_lr!r} must be > 0 or None"
-            )
-        if self.c_every is not None and not (
-            isinstance(self.c_every, int)
-            and not isinstance(self.c_every, bool)
-            and self.c_every >= 1
-        ):
-            raise UserError(
-                f"linearize setting c_every={self.c_every!r} must be an integer >= 1 or None"
-            )
-        if not (isinstance(self.c_growth, (int, float)) and self.c_growth >= 1.0):
-            raise UserError(f"linearize setting c_growth={self.c_growth!r} must be >= 1")
-        if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold < 1.0):
-            raise UserError(f"linearize setting threshold={self.threshold!r} must be in [0, 1)")
-        if not (
-            isinstance(self.deepreduce_lambda, (int, float)) and 0 <= self.deepreduce_lambda <= 1
-        ):
-            raise UserError(
-                f"linearize setting deepreduce_lambda={self.deepreduce_lambda!r} must be in [0, 1]"
-            )
-        if not (
-            isinstance(self.deepreduce_momentum, (int, float)) and 0 <= self.deepreduce_momentum < 1
-        ):
-            raise UserError(
-                f"linearize setting deepreduce_momentum={self.deepreduce_momentum!r} must be in [0, 1)"
-            )
-        if not isinstance(self.from_scratch, bool):
-            raise UserError(
-                f"linearize setting from_scratch={self.from_scratch!r} must be true or false"
-            )
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> LinearizeSettings:
-        """Build from a mapping (e.g. YAML); unknown keys raise :class:`UserError`."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in names:
-                raise unknown("linearize setting", key, names)
-        return cls(**dict(values))
-
-    def as_dict(self) -> dict[str, Any]:
-        """The settings as a plain dict (for saving next to results)."""
-        return dataclasses.asdict(self)
-
 
 def _granularity(model: nn.Module) -> str:
     kinds = {layer.granularity for _, layer in linearizable_layers(model)}
@@ -163,7 +54,7 @@ def linearize(
     data: GroupedDataset,
     budget: float | int,
     *,
-    settings: LinearizeSettings = LinearizeSettings(),
+    settings: LinearizeSettings | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -185,6 +76,7 @@ def linearize(
     """
     if method not in METHODS:
         raise unknown("linearization method", method, METHODS)
+    settings = LinearizeSettings() if settings is None else settings
     if student is teacher:
         raise ValueError("student and teacher must be different modules: pass a copy of the base")
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """ReLU budgets: resolving a user's budget to a count, and keeping exactly that many ReLUs.
 
 A budget is a fraction of the model's linearizable ReLUs (a float in (0, 1]) or an absolute
-count (an int >= 1), as in DESIGN.md section 4. Every method ends by freezing 0/1 masks; the
+count (an int >= 1), as in README "Budgets". Every method ends by freezing 0/1 masks; the
 ones it keeps are chosen by :func:`select_entries` from a score per mask entry (SNL: the
 trained mask value; the random baseline: a random permutation), so the final count equals
 the budget (exactly for pixel masks; within one channel's worth for channel masks).

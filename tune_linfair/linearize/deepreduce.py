@@ -37,8 +37,8 @@ from torch import nn
 
 from tune_linfair.data.augment import random_crop_flip
 from tune_linfair.data.base import GroupedDataset
-from tune_linfair.errors import UserError
-from tune_linfair.finetune.kd import KDLoss, TeacherLogits
+from tune_linfair.errors import BudgetUnreachable, UserError
+from tune_linfair.kd import KDLoss, TeacherLogits
 from tune_linfair.linearize.budget import resolve_budget
 from tune_linfair.models.activation import (
     LinearizableReLU,
@@ -139,7 +139,7 @@ def select_config(model: nn.Module, budget: float | int) -> DeepReduceConfig:
     fits = [c for c in configs if c.relu_count <= count]
     if not fits:
         smallest = min(configs, key=lambda c: c.relu_count)
-        raise UserError(
+        raise BudgetUnreachable(
             f"ReLU budget {count} is below every DeepReDuce configuration of this model "
             f"(smallest: {smallest.relu_count} ReLUs, {smallest.name}); raise the budget or "
             "use snl or random"

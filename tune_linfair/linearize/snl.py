@@ -27,7 +27,7 @@ the threshold, so budgets overshoot):
   and the largest subset (walking down the ranking) that fits the budget is kept, which is
   exact only up to one channel's worth of ReLUs;
 - the teacher is frozen: its logits are computed without gradients, and cached once when
-  there is no augmentation (:class:`~tune_linfair.finetune.kd.TeacherLogits`);
+  there is no augmentation (:class:`~tune_linfair.kd.TeacherLogits`);
 - if ``max_epochs`` ends before the budget is reached, the top-``budget`` masks are still
   kept (``reached_budget`` is False in the result).
 """
@@ -42,7 +42,7 @@ from torch import nn
 
 from tune_linfair.data.augment import random_crop_flip
 from tune_linfair.data.base import GroupedDataset
-from tune_linfair.finetune.kd import KDLoss, TeacherLogits
+from tune_linfair.kd import KDLoss, TeacherLogits
 from tune_linfair.linearize.budget import freeze_top
 from tune_linfair.models.activation import (
     count_relus,
@@ -56,7 +56,7 @@ from tune_linfair.train import Batch, model_device, train_one_epoch
 class SNLLoss:
     """``L_KD + c * sum |m|`` for :func:`~tune_linfair.train.train_one_epoch`.
 
-    ``L_KD = CE + T^2 * KL`` (:class:`~tune_linfair.finetune.kd.KDLoss`); ``c`` is a plain
+    ``L_KD = CE + T^2 * KL`` (:class:`~tune_linfair.kd.KDLoss`); ``c`` is a plain
     attribute that :class:`SNLSchedule` raises during training. The L1 term is part of the
     graph, so masks receive ``c * sign(m)`` on top of the distillation gradient.
     """

@@ -1,4 +1,4 @@
-"""Per-group diagnostics of linearized models (DESIGN.md section 6).
+"""Per-group diagnostics of linearized models (README "Metrics").
 
 Das, Romanelli, Fioretto, ICML 2024, "Disparate Impact on Group Accuracy of Linearization
 for Private Inference": per-group accuracy and relative drops (Figs. 1/6), group gradient

@@ -1,7 +1,7 @@
 """One call that measures everything the paper reports per group, as tidy records.
 
 :func:`diagnose` evaluates a model on one named split and returns the rows of the ``groups``
-and ``samples`` Parquet tables (DESIGN.md section 8) plus the trial-level summary. Metrics and
+and ``samples`` Parquet tables (:mod:`tune_linfair.results`) plus the trial-level summary. Metrics and
 their sources (Das, Romanelli, Fioretto, ICML 2024):
 
 - accuracy, relative drop, worst-group drop, parity gap (Figs. 1/6): :mod:`.groups`;

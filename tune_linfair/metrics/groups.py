@@ -4,7 +4,7 @@ A small counterpart of fairlearn's ``MetricFrame``: computed once from per-sampl
 predictions, then read. No torch import, so ``analysis/`` can reuse it on Parquet rows.
 
 Definitions (Das, Romanelli, Fioretto, ICML 2024, "Disparate Impact on Group Accuracy of
-Linearization for Private Inference", Sec. 4 and Figs. 1/6; DESIGN.md section 6), with
+Linearization for Private Inference", Sec. 4 and Figs. 1/6; README "Metrics"), with
 accuracies in percent:
 
 - accuracy of group ``a``: ``acc_a = 100 * |{i in S_a : yhat_i = y_i}| / |S_a|``

@@ -1,41 +1,31 @@
 """Checkpoints: model weights (masks included) plus a JSON-serializable record.
 
-A checkpoint is ``{"state_dict": ..., "meta": json-string}`` written atomically (temporary
-file, then rename), so a crash never leaves a half-written file. ``meta["model"]`` holds the
-arguments of :func:`~tune_linfair.models.create_model`, so :func:`load_model` rebuilds the
-model from the file alone. Files load with ``torch.load(..., weights_only=True)``: no
+A checkpoint is ``{"state_dict": ..., "meta": json-string}`` written atomically
+(:func:`tune_linfair.cache.atomic_write`), so a crash never leaves a half-written file.
+``meta["model"]`` holds the arguments of :func:`~tune_linfair.models.create_model`, so
+:func:`load_model` rebuilds the model from the file alone. Files load with ``torch.load(..., weights_only=True)``: no
 arbitrary pickle is executed, whatever the file holds.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from tune_linfair.cache import atomic_write
 from tune_linfair.errors import UserError
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``model``'s state dict and ``meta`` (JSON-serializable) atomically to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": state, "meta": json.dumps(meta)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save({"state_dict": state, "meta": json.dumps(meta)}, f)
     return path
 
 
