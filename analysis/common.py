@@ -25,7 +25,16 @@ import pandas as pd
 from tune_linfair.errors import UserError
 from tune_linfair.results import load_groups, load_trials
 
-CONFIG_COLUMNS = ("method", "mitigation", "budget", "seed", "relu_fraction", "mu", "lr")
+CONFIG_COLUMNS = (
+    "config_id",
+    "method",
+    "mitigation",
+    "budget",
+    "seed",
+    "relu_fraction",
+    "mu",
+    "lr",
+)
 """Trial columns joined onto group rows for figures and tables."""
 
 

@@ -4,13 +4,15 @@ Usage::
 
     python analysis/pareto.py RUN_DIR [--out DIR] [--reference ACC DROP RELU]
 
-Objectives (:data:`tune_linfair.trial.OBJECTIVES`, the search's ``--objective pareto``), on validation:
-global accuracy (max), worst-group relative drop (min) and ReLU count (min). Fronts are
-computed over trials with ``status == "ok"``: in 2-D (accuracy, drop) and 3-D (with ReLU
-count), over the whole run and within each method.
+Objectives (:data:`tune_linfair.trial.OBJECTIVES`, the search's ``--objective pareto``), on
+validation: global accuracy (max), worst-group relative drop (min) and ReLU count (min).
+Fronts are computed over **configurations**, on their means over seeds (the configs table,
+:mod:`tune_linfair.aggregate`; computed from the trials when a run has none), among those
+whose every seed ran ok: in 2-D (accuracy, drop) and 3-D (with ReLU count), over the whole
+run and within each method. The table and the plot carry each mean's 95% interval.
 
-Hypervolume (exact, :func:`tune_linfair.pareto.hypervolume`) is taken in normalized,
-minimized units so that the three objectives weigh alike:
+Hypervolume (exact, :func:`tune_linfair.pareto.hypervolume`, moocore) is taken in
+normalized, minimized units so that the three objectives weigh alike:
 
 * error   = 1 - val_accuracy                      (accuracy in percent / 100, flipped)
 * drop    = val_worst_group_drop / 100            (percent / 100)
@@ -19,12 +21,18 @@ minimized units so that the three objectives weigh alike:
 The reference point is given in natural units as ``ACC DROP RELU`` = (accuracy %, drop %,
 ReLU fraction of R), by default the worst corner ``0 100 1``, i.e. ``(1, 1, 1)`` normalized;
 the 2-D volume uses its first two coordinates. With drops >= 0 both volumes lie in [0, 1].
-Both the reference and the normalization are written to ``pareto.json`` and ``pareto.md``.
+
+Several seeds: each seed's ok trials form one point set; ``pareto.json`` gives the
+hypervolume of each seed's set with its mean and 95% interval, and the median (50%)
+attainment surface of the seeds' sets (``attainment.csv``), and Spearman's rank correlation
+between validation and test means across configurations (does the search signal carry to
+test data?).
 
 Outputs in ``--out`` (default ``RUN/analysis/pareto``): ``pareto.json``, ``pareto.md``,
-``pareto_set.csv`` (every trial on some front, flags saying which, with checkpoint paths),
-``pareto_2d.png`` (accuracy vs worst-group drop) and ``hv_over_trials.png`` (hypervolume
-of the first k trials in order of ``finished_at``; failed trials count as trials).
+``pareto_set.csv`` (every configuration on some front, flags saying which, with intervals and
+the per-seed trial ids), ``attainment.csv``, ``pareto_2d.png`` (accuracy vs worst-group
+drop, interval bars) and ``hv_over_trials.png`` (hypervolume of the first k trials in order
+of ``finished_at``; failed trials count as trials).
 """
 
 from __future__ import annotations
@@ -46,33 +54,33 @@ from common import (
     run_dir_arg,
 )
 
+from tune_linfair import aggregate
+from tune_linfair.aggregate import normalized_objectives
 from tune_linfair.errors import UserError
 from tune_linfair.pareto import hypervolume, pareto_mask
-from tune_linfair.results import SUMMARY_COLUMNS
 
 DEFAULT_REFERENCE = (0.0, 100.0, 1.0)
+SHOWN = [f"{m}_{s}" for m in aggregate.METRICS for s in ("mean", "ci_low", "ci_high")]
 TABLE_COLUMNS = [
-    *SUMMARY_COLUMNS[:5],
-    "relu_fraction",
-    *SUMMARY_COLUMNS[5:],
+    "config_id",
+    *aggregate.PARAMS,
+    "n_seeds",
+    *SHOWN,
     "pareto_2d",
     "pareto_3d",
     "method_pareto_2d",
     "method_pareto_3d",
-    "checkpoint_path",
+    "trial_ids",
 ]
 MIN3 = [False, False, False]
 
 
-def normalized_objectives(df: pd.DataFrame, relu_scale: float) -> np.ndarray:
-    """(n, 3) minimization array: 1 - val_accuracy, val_worst_group_drop / 100, relu_count / R."""
-    return np.column_stack(
-        [
-            1.0 - as_float(df["val_accuracy"]),
-            as_float(df["val_worst_group_drop"]) / 100.0,
-            as_float(df["relu_count"]) / relu_scale,
-        ]
-    )
+def load_configs(run_dir: Path, trials: pd.DataFrame) -> pd.DataFrame:
+    """The run's configs table, or the same aggregation of its trials when it has none."""
+    try:
+        return aggregate.load_configs(run_dir)
+    except UserError:
+        return aggregate.configs_table(trials)
 
 
 def normalized_reference(reference: Sequence[float]) -> np.ndarray:
@@ -126,10 +134,12 @@ def analyse(run_dir: Path, out_dir: Path, reference: Sequence[float] = DEFAULT_R
     """Compute fronts and hypervolumes, write every output into ``out_dir``; return the summary."""
     if len(reference) != 3:
         raise UserError(f"--reference needs 3 numbers (ACC DROP RELU), got {list(reference)}")
-    trials, ok = load_ok_trials(run_dir)
-    scale = relu_scale_of(ok)
+    trials, ok_trials = load_ok_trials(run_dir)
+    scale = relu_scale_of(ok_trials)
     ref = normalized_reference(reference)
-    pts = normalized_objectives(ok, scale)
+    configs = load_configs(run_dir, trials)
+    ok = configs[configs["status"] == "ok"].reset_index(drop=True)
+    pts = normalized_objectives(ok, scale, suffix="_mean")
 
     flags = pd.DataFrame(index=ok.index)
     flags["pareto_2d"] = pareto_mask(pts[:, :2], [False, False])
@@ -145,15 +155,19 @@ def analyse(run_dir: Path, out_dir: Path, reference: Sequence[float] = DEFAULT_R
             "n_ok": len(idx),
             "hypervolume_2d": hypervolume(sub[:, :2], [False, False], ref[:2]),
             "hypervolume_3d": hypervolume(sub, MIN3, ref),
-            "pareto_3d": ok.loc[idx][flags.loc[idx, "method_pareto_3d"]]["trial_id"].tolist(),
+            "pareto_3d": ok.loc[idx][flags.loc[idx, "method_pareto_3d"]]["config_id"].tolist(),
         }
     table = pd.concat([ok, flags], axis=1)
     table = table[flags.any(axis=1)][TABLE_COLUMNS]
-    table = table.sort_values(["val_accuracy", "trial_id"], ascending=[False, True])
+    table = table.sort_values(["val_accuracy_mean", "config_id"], ascending=[False, True])
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "pareto_set.csv", index=False)
     hv2, hv3 = hv_over_trials(trials, scale, ref)
+    seeds = aggregate.seed_attainment(trials, scale)
+    pd.DataFrame(seeds["median_attainment_surface"], columns=["error", "drop", "relu"]).to_csv(
+        out_dir / "attainment.csv", index=False
+    )
     summary = {
         "run_dir": str(run_dir),
         "objectives": {
@@ -176,14 +190,23 @@ def analyse(run_dir: Path, out_dir: Path, reference: Sequence[float] = DEFAULT_R
             "normalized": ref.tolist(),
         },
         "n_trials": len(trials),
+        "n_configurations": len(configs),
         "n_ok": len(ok),
         "hypervolume_2d": hypervolume(pts[:, :2], [False, False], ref[:2]),
         "hypervolume_3d": hypervolume(pts, MIN3, ref),
-        "pareto_2d": ok["trial_id"][flags["pareto_2d"]].tolist(),
-        "pareto_3d": ok["trial_id"][flags["pareto_3d"]].tolist(),
+        "pareto_2d": ok["config_id"][flags["pareto_2d"]].tolist(),
+        "pareto_3d": ok["config_id"][flags["pareto_3d"]].tolist(),
         "per_method": summary_methods,
+        "seeds": seeds,
+        "validation_vs_test": aggregate.rank_agreement(configs),
         "hypervolume_over_trials": {"hv_2d": hv2.tolist(), "hv_3d": hv3.tolist()},
-        "files": ["pareto.md", "pareto_set.csv", "pareto_2d.png", "hv_over_trials.png"],
+        "files": [
+            "pareto.md",
+            "pareto_set.csv",
+            "attainment.csv",
+            "pareto_2d.png",
+            "hv_over_trials.png",
+        ],
     }
     (out_dir / "pareto.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out_dir / "pareto.md").write_text(summary_markdown(summary, table))
@@ -196,16 +219,27 @@ def summary_markdown(summary: dict, table: pd.DataFrame) -> str:
     """Markdown: reference, normalization, hypervolumes overall and per method, front table."""
     nat = summary["reference"]["natural"]
     norm = summary["normalization"]
+    seeds, agree = summary["seeds"], summary["validation_vs_test"]
+    low, high = seeds["hypervolume_ci"]
     lines = [
-        f"Objectives (validation): accuracy max, worst-group drop min, ReLU count min; "
-        f"{summary['n_ok']} ok trials of {summary['n_trials']}.",
+        f"Objectives (validation): accuracy max, worst-group drop min, ReLU count min; on the "
+        f"means of {summary['n_ok']} ok configurations of {summary['n_configurations']} "
+        f"({summary['n_trials']} trials).",
+        "",
+        f"Validation ranks test (Spearman over configurations): worst-group drop "
+        f"{agree['spearman_worst_group_drop']:.2f}, accuracy {agree['spearman_accuracy']:.2f}.",
+        "",
+        f"Seeds: hypervolume 3-D of each seed's trials {seeds['hypervolume_per_seed']}, mean "
+        f"{seeds['hypervolume_mean']:.4f} (95% interval {low:.4f}-{high:.4f}); median "
+        f"attainment surface: {len(seeds['median_attainment_surface'])} points "
+        "(attainment.csv).",
         "",
         f"Hypervolume units: error = {norm['error']}, drop = {norm['drop']}, "
         f"relu = {norm['relu']}. Reference: accuracy {nat['val_accuracy_percent']:g} %, "
         f"drop {nat['val_worst_group_drop_percent']:g} %, ReLU fraction "
         f"{nat['relu_fraction']:g} = normalized {summary['reference']['normalized']}.",
         "",
-        "| scope | ok trials | HV 2-D (acc, drop) | HV 3-D (acc, drop, relu) | 3-D front size |",
+        "| scope | ok configurations | HV 2-D (acc, drop) | HV 3-D (acc, drop, relu) | 3-D front size |",
         "| --- | --- | --- | --- | --- |",
         f"| all | {summary['n_ok']} | {summary['hypervolume_2d']:.4f} | "
         f"{summary['hypervolume_3d']:.4f} | {len(summary['pareto_3d'])} |",
@@ -223,21 +257,23 @@ def summary_markdown(summary: dict, table: pd.DataFrame) -> str:
 
 
 def _plot_scatter(ok: pd.DataFrame, flags: pd.DataFrame, path: Path) -> None:
-    """Val accuracy (%) vs val worst-group drop (%), one colour per method, 2-D front traced."""
+    """Configurations' mean val accuracy (%) vs mean val worst-group drop (%) with 95%
+    interval bars, one colour per method, the 2-D front traced."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    acc = 100 * as_float(ok["val_accuracy"])
-    drop = as_float(ok["val_worst_group_drop"])
-    relu = as_float(ok["relu_fraction"])
-    size = 20 + 120 * np.nan_to_num(relu, nan=0.5)
+    acc = 100 * as_float(ok["val_accuracy_mean"])
+    drop = as_float(ok["val_worst_group_drop_mean"])
+    acc_err = np.nan_to_num(acc - 100 * as_float(ok["val_accuracy_ci_low"]))
+    drop_err = np.nan_to_num(drop - as_float(ok["val_worst_group_drop_ci_low"]))
     methods = ok["method"].fillna("?").to_numpy()
     for method in sorted(set(methods)):
         sel = methods == method
-        ax.scatter(drop[sel], acc[sel], s=size[sel], alpha=0.6, label=str(method))
+        ax.errorbar(drop[sel], acc[sel], xerr=drop_err[sel], yerr=acc_err[sel], fmt="o",
+                    alpha=0.6, capsize=2, label=str(method))  # fmt: skip
     front = flags["pareto_2d"].to_numpy()
     order = np.argsort(drop[front])
     ax.plot(drop[front][order], acc[front][order], drawstyle="steps-post", color="k", lw=1,
@@ -246,7 +282,7 @@ def _plot_scatter(ok: pd.DataFrame, flags: pd.DataFrame, path: Path) -> None:
                s=12, marker="x", color="k", label="3-D front")  # fmt: skip
     ax.set_xlabel("validation worst-group relative drop (%)  [lower is better]")
     ax.set_ylabel("validation accuracy (%)  [higher is better]")
-    ax.set_title("Pareto front (marker size ~ ReLU fraction kept)")
+    ax.set_title("Pareto front of configuration means (95% intervals over seeds)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

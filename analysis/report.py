@@ -5,9 +5,11 @@ Usage::
     python analysis/report.py RUN_DIR [--out FILE] [--refresh]
 
 Writes ``--out`` (default ``RUN/analysis/report.md``) with: the command that produced the
-run (``RUN/command.txt``, written by the sweep driver), a trial summary per (method,
-mitigation, budget) averaged over seeds, the per-group relative test drops, the Pareto set
-and hypervolumes (from pareto.py), every figure (from figures.py), and the software
+run (``RUN/command.txt``, written by the sweep driver), one row per configuration (means
+over seeds with 95% Student-t intervals, from the configs table), how well validation ranks
+the configurations as test does (Spearman), the per-group relative test drops with 95%
+intervals (over seeds; with one seed, the bootstrap interval over the group's samples), the
+Pareto set and hypervolumes (from pareto.py), every figure (from figures.py), and the software
 versions (``RUN/versions.json`` if present, plus this analysis environment's). Figures and
 Pareto outputs are read from ``figures/`` and ``pareto/`` next to the report and produced
 first when missing (or always with ``--refresh``).
@@ -23,75 +25,92 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import figures as figures_script
+import numpy as np
 import pandas as pd
 import pareto as pareto_script
 from common import (
-    aggregate_seeds,
     default_out,
     environment_versions,
     group_frame,
     load_groups_or_none,
     load_ok_trials,
     markdown_table,
-    mean_std,
     parser,
     run_cli,
     run_dir_arg,
 )
 
+from tune_linfair import aggregate
+from tune_linfair.aggregate import t_interval
+
 MAX_FAILED_LISTED = 20
 
 
-def trial_summary(ok: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, mitigation, budget): trials, seeds, ReLU fraction, accuracies, drops (mean ± std)."""
-    values = [
-        "relu_fraction",
-        "val_accuracy",
-        "test_accuracy",
-        "test_worst_group_drop",
-        "test_parity_gap",
-    ]
-    by = ["method", "mitigation", "budget"]
-    agg = aggregate_seeds(ok, by, values)
-    counts = ok.groupby(by, dropna=False).size().rename("trials").reset_index()
-    agg = agg.merge(counts, on=by, how="left")
+def _pm(mean: float, low: float, scale: float = 1.0, digits: int = 2) -> str:
+    """``mean ±half`` of a 95% interval; the mean alone when there is no interval."""
+    if not np.isfinite(mean):
+        return "-"
+    half = f" ±{scale * (mean - low):.{digits}f}" if np.isfinite(low) else ""
+    return f"{scale * mean:.{digits}f}{half}"
+
+
+def config_summary(configs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: parameters, seeds, and each metric's mean ±95% half-width."""
+    c = configs.sort_values(
+        ["method", "mitigation", "budget", "lr"], ascending=[True, True, False, True]
+    )
     out = pd.DataFrame(
         {
-            "method": agg["method"],
-            "mitigation": agg["mitigation"],
-            "budget": agg["budget"].map(lambda b: f"{b:.4g}"),
-            "trials": agg["trials"],
-            "seeds": agg["n_seeds"],
-            "relu fraction": agg["relu_fraction_mean"].map(lambda v: f"{v:.4f}"),
+            "config": c["config_id"],
+            "method": c["method"],
+            "mitigation": c["mitigation"],
+            "mu / epsilon": [
+                f"{m:.3g}" if pd.notna(m) else (f"{e:.3g}" if pd.notna(e) else "")
+                for m, e in zip(c["mu"], c["epsilon"])
+            ],
+            "budget": c["budget"].map(lambda b: f"{b:.4g}"),
+            "lr": c["lr"].map(lambda v: f"{v:.3g}"),
+            "seeds ok/failed": [f"{n}/{f}" for n, f in zip(c["n_seeds"], c["n_failed"])],
+            "ReLUs": c["relu_count_mean"].map(lambda v: f"{v:.0f}" if np.isfinite(v) else "-"),
         }
     )
     for col, label, scale in (
         ("val_accuracy", "val acc (%)", 100),
         ("test_accuracy", "test acc (%)", 100),
+        ("val_worst_group_drop", "val worst-group drop (%)", 1),
         ("test_worst_group_drop", "test worst-group drop (%)", 1),
-        ("test_parity_gap", "test parity gap (pp)", 100),
     ):
-        out[label] = [
-            mean_std(m * scale, s * scale) for m, s in zip(agg[f"{col}_mean"], agg[f"{col}_std"])
-        ]
+        out[label] = [_pm(m, lo, scale) for m, lo in zip(c[f"{col}_mean"], c[f"{col}_ci_low"])]
     return out
 
 
 def group_drops(ok: pd.DataFrame, groups: pd.DataFrame | None) -> pd.DataFrame | None:
-    """Relative test drop (%) per group (columns) per (method, mitigation, budget)."""
+    """Relative test drop (%) per group (columns) per configuration: mean over seeds ±95%
+    Student-t half-width; with one seed, that seed's bootstrap interval over the group's
+    samples."""
     if groups is None:
         return None
     gf = group_frame(ok, groups, "finetuned", "test")
     if gf.empty or gf["relative_drop"].isna().all():
         return None
-    agg = aggregate_seeds(gf, ["method", "mitigation", "budget", "group"], ["relative_drop"])
-    agg["cell"] = [
-        mean_std(m, s, 1) for m, s in zip(agg["relative_drop_mean"], agg["relative_drop_std"])
-    ]
+    by = ["method", "mitigation", "budget", "config_id"]
+    cells = []
+    for key, sub in gf.groupby([*by, "group"], dropna=False, sort=True):
+        mean, _, low, _ = t_interval(sub["relative_drop"].astype(float))
+        if len(sub) == 1:
+            lo, hi = (
+                float(sub["relative_drop_ci_low"].iloc[0]),
+                float(sub["relative_drop_ci_high"].iloc[0]),
+            )
+            cell = f"{mean:.1f} [{lo:.1f}, {hi:.1f}]" if np.isfinite(lo) else f"{mean:.1f}"
+        else:
+            cell = _pm(mean, low, digits=1)
+        cells.append({**dict(zip([*by, "group"], key)), "cell": cell})
+    agg = pd.DataFrame(cells)
     names = gf.drop_duplicates("group").set_index("group")["group_name"].to_dict()
-    wide = agg.pivot(index=["method", "mitigation", "budget"], columns="group", values="cell")
+    wide = agg.pivot(index=by, columns="group", values="cell")
     wide.columns = [f"{names.get(g, g)} ({g})" for g in wide.columns]
-    wide = wide.reset_index()
+    wide = wide.reset_index().drop(columns="config_id")
     wide["budget"] = wide["budget"].map(lambda b: f"{b:.4g}")
     return wide
 
@@ -104,6 +123,8 @@ def build_report(run_dir: Path, out_file: Path, *, refresh: bool = False) -> Pat
     """Write the Markdown report to ``out_file`` (running figures/pareto when needed)."""
     trials, ok = load_ok_trials(run_dir)
     groups = load_groups_or_none(run_dir)
+    configs = pareto_script.load_configs(run_dir, trials)
+    agree = aggregate.rank_agreement(configs)
     here = out_file.parent
     here.mkdir(parents=True, exist_ok=True)
     fig_dir, par_dir = here / "figures", here / "pareto"
@@ -120,8 +141,14 @@ def build_report(run_dir: Path, out_file: Path, *, refresh: bool = False) -> Pat
         "",
         f"Run directory `{run_dir}`; run id(s) {', '.join(sorted(map(str, trials['run_id'].unique())))}; "
         f"report written {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}.",
-        f"{len(trials)} trials: {len(ok)} ok, {len(failed)} failed. Accuracies on "
-        "validation select models; test numbers are final. Means over seeds ± 1 std.",
+        f"{len(trials)} trials: {len(ok)} ok, {len(failed)} failed; {len(configs)} "
+        "configurations. Accuracies on validation select models; test numbers are final. "
+        "Means over seeds ± the half-width of a 95% Student-t interval.",
+        "",
+        f"Validation ranks the configurations as test does: Spearman "
+        f"{agree['spearman_worst_group_drop']:.2f} for the worst-group drop, "
+        f"{agree['spearman_accuracy']:.2f} for accuracy ({agree['configurations']:.0f} "
+        "ok configurations).",
         "",
         "## Command",
         "",
@@ -131,7 +158,7 @@ def build_report(run_dir: Path, out_file: Path, *, refresh: bool = False) -> Pat
         lines += ["```", command.read_text().strip(), "```"]
     else:
         lines.append("Not recorded (no `command.txt` in the run directory).")
-    lines += ["", "## Trials", "", markdown_table(trial_summary(ok)), ""]
+    lines += ["", "## Configurations", "", markdown_table(config_summary(configs)), ""]
     if len(failed):
         lines += ["Failed trials:", ""]
         shown = failed[["trial_id", "error"]].head(MAX_FAILED_LISTED)
@@ -141,7 +168,8 @@ def build_report(run_dir: Path, out_file: Path, *, refresh: bool = False) -> Pat
     lines += ["## Per-group relative drop (test, %)", ""]
     drops = group_drops(ok, groups)
     lines += [
-        "`100 * (acc_base - acc) / acc_base` per group after fine-tuning."
+        "`100 * (acc_base - acc) / acc_base` per group after fine-tuning; mean over seeds "
+        "±95% half-width (one seed: [bootstrap interval])."
         if drops is not None
         else "No per-group rows in the run.",
         "",

@@ -63,14 +63,24 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
-def _norm_points(ok: pd.DataFrame) -> np.ndarray:
+def _norm_points(ok: pd.DataFrame, suffix: str = "") -> np.ndarray:
     return np.column_stack(
         [
-            1 - ok["val_accuracy"].to_numpy(float),
-            ok["val_worst_group_drop"].to_numpy(float) / 100,
-            ok["relu_count"].to_numpy(float) / 10_000,
+            1 - ok[f"val_accuracy{suffix}"].to_numpy(float),
+            ok[f"val_worst_group_drop{suffix}"].to_numpy(float) / 100,
+            ok[f"relu_count{suffix}"].to_numpy(float) / 10_000,
         ]
     )
+
+
+def _config_means(trials: pd.DataFrame) -> pd.DataFrame:
+    """Configuration means recomputed here with plain pandas (the check on aggregate.py):
+    configurations whose every seed is ok, averaged over seeds."""
+    ok = trials[trials["status"] == "ok"]
+    cols = ["val_accuracy", "val_worst_group_drop", "relu_count"]
+    means = ok.groupby("config_id")[cols].mean().add_suffix("_mean")
+    means["method"] = ok.groupby("config_id")["method"].first()
+    return means.reset_index()
 
 
 def test_pareto_outputs(run_dir: Path, tmp_path: Path, capsys) -> None:
@@ -81,6 +91,7 @@ def test_pareto_outputs(run_dir: Path, tmp_path: Path, capsys) -> None:
         "pareto.json",
         "pareto.md",
         "pareto_set.csv",
+        "attainment.csv",
         "pareto_2d.png",
         "hv_over_trials.png",
     ):
@@ -89,28 +100,41 @@ def test_pareto_outputs(run_dir: Path, tmp_path: Path, capsys) -> None:
     assert summary["reference"]["normalized"] == [1.0, 1.0, 1.0]
     assert summary["normalization"]["relu_scale"] == 10_000
     trials = load_trials(run_dir)
-    ok = trials[trials["status"] == "ok"]
-    pts = _norm_points(ok)
+    means = _config_means(trials)
+    assert summary["n_ok"] == len(means) == 9 and summary["n_trials"] == 19
+    pts = _norm_points(means, "_mean")
     assert summary["hypervolume_3d"] == pytest.approx(hypervolume(pts, [False] * 3, [1, 1, 1]))
     assert summary["hypervolume_2d"] == pytest.approx(hypervolume(pts[:, :2], [False] * 2, [1, 1]))
     assert 0 < summary["hypervolume_3d"] < summary["hypervolume_2d"] < 1
-    assert sorted(summary["pareto_3d"]) == sorted(ok.loc[ok["pareto"], "trial_id"])
-    mask2 = pareto_mask(ok[["val_accuracy", "val_worst_group_drop"]].to_numpy(float), [True, False])
-    assert sorted(summary["pareto_2d"]) == sorted(ok["trial_id"][mask2])
+    assert sorted(summary["pareto_3d"]) == sorted(means["config_id"][pareto_mask(pts, [False] * 3)])
+    mask2 = pareto_mask(pts[:, :2], [False, False])
+    assert sorted(summary["pareto_2d"]) == sorted(means["config_id"][mask2])
     # per method: each method's front is its own
-    dr = ok[ok["method"] == "deepreduce"]
-    expect = dr["trial_id"][pareto_mask(_norm_points(dr), [False] * 3)]
+    dr = means[means["method"] == "deepreduce"]
+    expect = dr["config_id"][pareto_mask(_norm_points(dr, "_mean"), [False] * 3)]
     assert sorted(summary["per_method"]["deepreduce"]["pareto_3d"]) == sorted(expect)
-    # hypervolume over trials: 19 entries (the failed trial included), non-decreasing, final = total
+    # seeds: each seed's ok trials, their hypervolume, and the t interval over the 2 seeds
+    ok = trials[trials["status"] == "ok"]
+    per_seed = {
+        str(s): hypervolume(_norm_points(ok[ok["seed"] == s]), [False] * 3, [1, 1, 1])
+        for s in (0, 1)
+    }
+    assert summary["seeds"]["hypervolume_per_seed"] == pytest.approx(per_seed)
+    low, high = summary["seeds"]["hypervolume_ci"]
+    assert low < np.mean(list(per_seed.values())) < high
+    surface = pd.read_csv(tmp_path / "attainment.csv")
+    assert len(surface) > 0 and list(surface.columns) == ["error", "drop", "relu"]
+    # hypervolume over trials: 19 entries (the failed trial included), non-decreasing
     hv3 = summary["hypervolume_over_trials"]["hv_3d"]
     assert len(hv3) == 19 and np.all(np.diff(hv3) >= -1e-12)
-    assert hv3[-1] == pytest.approx(summary["hypervolume_3d"])
     table = pd.read_csv(tmp_path / "pareto_set.csv")
     front = table[table["pareto_3d"]]
-    assert sorted(front["trial_id"]) == sorted(summary["pareto_3d"])
-    assert (front["checkpoint_path"] == "/ckpt/" + front["trial_id"] + ".pt").all()
-    for tid in summary["pareto_3d"]:
-        assert tid in printed
+    assert sorted(front["config_id"]) == sorted(summary["pareto_3d"])
+    assert (front["n_seeds"] == 2).all() and (
+        front["val_accuracy_ci_low"] < front["val_accuracy_mean"]
+    ).all()
+    for cid in summary["pareto_3d"]:
+        assert cid in printed
     assert "Reference: accuracy 0 %, drop 100 %" in (tmp_path / "pareto.md").read_text()
 
 
@@ -118,8 +142,8 @@ def test_pareto_custom_reference(run_dir: Path, tmp_path: Path) -> None:
     pareto = script("pareto")
     summary = pareto.analyse(run_dir, tmp_path, reference=(50.0, 60.0, 0.5))
     assert summary["reference"]["normalized"] == pytest.approx([0.5, 0.6, 0.5])
-    ok = load_trials(run_dir).query("status == 'ok'")
-    expect = hypervolume(_norm_points(ok), [False] * 3, [0.5, 0.6, 0.5])
+    means = _config_means(load_trials(run_dir))
+    expect = hypervolume(_norm_points(means, "_mean"), [False] * 3, [0.5, 0.6, 0.5])
     assert summary["hypervolume_3d"] == pytest.approx(expect)
     with pytest.raises(UserError, match="3 numbers"):
         pareto.analyse(run_dir, tmp_path, reference=(1.0, 2.0))

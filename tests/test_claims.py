@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "analysis"))
@@ -61,3 +63,57 @@ def test_cli_fails_clearly_on_empty_dir(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:")
+
+
+def test_claims_take_one_value_per_seed() -> None:
+    """4 seeds x 2 small budgets: the minority-minus-majority gap of seed s is s + 1 at both
+    budgets (plus +-0.5 that cancels within the seed). The pooled test must see 4 values
+    (1, 2, 3, 4), not 8 pseudo-replicates, and give their Student-t interval."""
+    trials, groups = [], []
+    for seed in range(4):
+        for budget, wiggle in ((0.05, 0.5), (0.1, -0.5)):
+            tid = f"t{seed}_{budget}"
+            trials.append(
+                {
+                    "trial_id": tid,
+                    "method": "snl",
+                    "budget": budget,
+                    "seed": seed,
+                    "mitigation": "none",
+                }  # fmt: skip
+            )
+            for group, drop in (
+                (0, 1.0),
+                (1, 1.0),
+                (2, 2.0 + seed + wiggle),
+                (3, 2.0 + seed + wiggle),
+            ):
+                groups.append(
+                    {
+                        "trial_id": tid,
+                        "stage": "finetuned",
+                        "split": "test",
+                        "group": group,
+                        "relative_drop": drop,
+                    }  # fmt: skip
+                )
+    out = claims.claim_minority(pd.DataFrame(trials), pd.DataFrame(groups), {2, 3})
+    pooled = out["pooled_budgets_le_10pct_per_seed"]["snl"]
+    gaps = np.array([1.0, 2.0, 3.0, 4.0])
+    half = stats.t.ppf(0.975, 3) * gaps.std(ddof=1) / 2.0
+    assert pooled["seeds"] == 4 and pooled["mean"] == pytest.approx(2.5)
+    assert pooled["ci"] == pytest.approx([2.5 - half, 2.5 + half])
+    assert pooled["p_t"] == pytest.approx(stats.ttest_1samp(gaps, 0.0).pvalue)
+    assert out["verdict"] == "held"
+    per_budget = out["table"].set_index("budget")
+    assert per_budget.loc[0.05, "gap"] == pytest.approx(3.0)  # (1.5 + 2.5 + 3.5 + 4.5) / 4
+    assert per_budget.loc[0.05, "seeds"] == 4
+
+
+def test_across_seeds_matches_scipy() -> None:
+    values = pd.Series([0.3, -0.1, 0.5, 0.2, 0.4], index=[0, 1, 2, 3, 4])
+    test = claims.across_seeds(values)
+    assert test["seeds"] == 5 and test["mean"] == pytest.approx(0.26)
+    assert test["p_t"] == pytest.approx(stats.ttest_1samp(values, 0.0).pvalue)
+    assert test["p_wilcoxon"] == pytest.approx(stats.wilcoxon(values).pvalue)
+    assert np.isnan(claims.across_seeds(pd.Series([1.0]))["p_t"])

@@ -141,14 +141,25 @@ def test_digits_shapes_counts_and_shares(digits):
     test = digits.test.group_counts(10)
     assert sum(train) + sum(val) + sum(test) < 1797  # minority classes were thinned
     assert all(35 <= c <= 37 for c in test)  # test keeps the source's balance
-    assert min(val[5:]) >= 10  # enough validation samples per minority group
-    pool = [t + v for t, v in zip(train, val)]
-    # Pool after unbalancing: classes 0-4 keep 90%, 5-9 keep 30% of ~144 each.
-    assert all(125 <= c <= 133 for c in pool[:5]) and all(40 <= c <= 46 for c in pool[5:])
+    # Validation is carved before unbalancing: balanced like test, ~36 per class.
+    assert all(35 <= c <= 37 for c in val)
+    # Training after unbalancing: classes 0-4 keep 90%, 5-9 keep 30% of ~108 each.
+    assert all(95 <= c <= 99 for c in train[:5]) and all(30 <= c <= 34 for c in train[5:])
     assert 2.7 < (sum(train[:5]) / sum(train[5:])) < 3.3
+    assert digits.info["balanced_val"] is True
     assert torch.equal(digits.train.y, digits.train.g)
     assert digits.info["group_counts"]["val"] == val
     assert abs(float(digits.train.x.mean())) < 1e-4 and abs(float(digits.train.x.std()) - 1) < 1e-3
+
+
+def test_digits_unbalanced_val_option_keeps_the_earlier_split():
+    ds = get_dataset("digits", seed=0, balanced_val=False)
+    train, val = ds.train.group_counts(10), ds.val.group_counts(10)
+    assert train == [96, 98, 96, 98, 98, 33, 33, 32, 31, 32]
+    assert val == [32, 33, 32, 33, 33, 11, 11, 11, 11, 11]
+    pool = [t + v for t, v in zip(train, val)]
+    # Pool after unbalancing: classes 0-4 keep 90%, 5-9 keep 30% of ~144 each.
+    assert all(125 <= c <= 133 for c in pool[:5]) and all(40 <= c <= 46 for c in pool[5:])
 
 
 def test_digits_seeded_and_unbalance_test(digits):
@@ -246,9 +257,12 @@ def test_cifar10_fake_files(tmp_path):
     _check_split_types(ds)
     assert ds.input_shape == (3, 32, 32) and ds.augment and ds.class_names[0] == "airplane"
     train, val = ds.train.group_counts(10), ds.val.group_counts(10)
-    pool = [t + v for t, v in zip(train, val)]
+    assert val == [2] * 10  # 10% of 20 per class, carved before unbalancing
+    assert train == [16] * 5 + [2] * 5  # the other 18: 90% / 10%
+    old = get_dataset("cifar10", root=str(tmp_path), seed=0, balanced_val=False)
+    pool = [t + v for t, v in zip(old.train.group_counts(10), old.val.group_counts(10))]
     assert pool == [18] * 5 + [2] * 5  # 20 per class: 90% / 10%
-    assert val == [2] * 5 + [1] * 5
+    assert old.val.group_counts(10) == [2] * 5 + [1] * 5
     assert ds.test.group_counts(10) == [2] * 10  # test keeps the source distribution
     # Channel-major reshape: every channel plane of every image is constant, and its value
     # increases with the label (so images and labels stayed paired).

@@ -63,6 +63,8 @@ FAILING = [
     "pareto",
     "--trials",
     "3",
+    "--repeats",
+    "1",
     "--max-concurrent",
     "2",
     "--seed",

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tune_linfair.aggregate import configs_table
 from tune_linfair.errors import UserError
 from tune_linfair.pareto import hypervolume, normalize, pareto_mask
 from tune_linfair.results import (
@@ -76,9 +77,14 @@ def make_trial(
                     "group": g,
                     "group_name": name,
                     "n": 100 if g == 0 else 20,
+                    "n_train": 300 if g == 0 else 60,
                     "accuracy": acc,
                     "base_accuracy": base,
                     "relative_drop": 100 * (base - acc) / base,
+                    "accuracy_ci_low": acc - 0.05,
+                    "accuracy_ci_high": min(1.0, acc + 0.05),
+                    "relative_drop_ci_low": 100 * (base - min(1.0, acc + 0.05)) / base,
+                    "relative_drop_ci_high": 100 * (base - acc + 0.05) / base,
                     "loss": 1.0 - acc,
                     "grad_norm": 0.1 + sens * lost * (2 + g),
                     "hessian_top_eig": 1.0 + 10 * sens * lost,
@@ -113,6 +119,7 @@ def make_trial(
     trial = {
         "run_id": run_id,
         "trial_id": trial_id,
+        "config_id": f"{method}-{budget}-{mitigation}",
         "stage": "finetuned",
         "dataset": "synthetic",
         "model": "mlp",
@@ -234,7 +241,8 @@ def test_read_trial_row_and_plot(run_dir: Path, tmp_path: Path) -> None:
     assert set(row) == set(TRIALS_COLUMNS) and row["status"] == "ok" and row["relu_count"] == 1000
     assert read_trial_row(run_dir, "failed_1")["val_accuracy"] is None
     assert read_trial_row(tmp_path, "snl_10_none_s0") is None
-    out = plot_pareto(load_trials(run_dir), tmp_path / "sub" / "pareto.png")
+    configs = configs_table(load_trials(run_dir))
+    out = plot_pareto(configs, tmp_path / "sub" / "pareto.png")
     assert out.stat().st_size > 5_000
 
 

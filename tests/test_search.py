@@ -17,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from sweep_helpers import ENV, NO_HESSIAN, TINY, session_pids
 
-from tune_linfair import results, search, stages
+from tune_linfair import aggregate, results, search, stages
 
 # Two grid points that differ only in the mitigation: they share one linearized model.
 GRID2 = [
@@ -140,20 +141,26 @@ def optuna_trials(run: Path) -> list:
 
 
 def assert_optuna_matches(run: Path, trials: pd.DataFrame) -> None:
-    """No Optuna trial RUNNING; every Tune trial (a Parquet row) is one Optuna trial,
-    COMPLETE with the row's objectives when ok, FAIL when failed; the rest are FAIL."""
+    """No Optuna trial RUNNING; every configuration (its seeds' Parquet rows) is one Optuna
+    trial, COMPLETE with the mean over its seeds of the rows' objectives when every seed is
+    ok, FAIL when one failed; the rest are FAIL."""
     from optuna.trial import TrialState
 
     ot = optuna_trials(run)
     assert {t.state for t in ot} <= {TrialState.COMPLETE, TrialState.FAIL}
     by_tune_id = {t.user_attrs.get("tune_trial_id"): t for t in ot}
     assert len(by_tune_id) == len(ot)
-    for row in trials.itertuples():
-        t = by_tune_id.pop(row.trial_id)
-        if row.status == "ok":
+    rows = trials.set_index("trial_id")
+    for _, members in trials.groupby("config_id"):
+        first = [tid for tid in members["trial_id"] if tid in by_tune_id]
+        assert len(first) == 1, members["trial_id"].tolist()
+        t = by_tune_id.pop(first[0])
+        assert sorted(t.user_attrs["tune_trial_ids"]) == sorted(members["trial_id"])
+        seeds = rows.loc[t.user_attrs["tune_trial_ids"]]
+        if (seeds["status"] == "ok").all():
             assert t.state == TrialState.COMPLETE
-            expect = [row.val_accuracy, row.val_worst_group_drop, row.relu_count]
-            assert t.values == pytest.approx([float(v) for v in expect])
+            cols = ["val_accuracy", "val_worst_group_drop", "relu_count"]
+            assert t.values == pytest.approx(seeds[cols].astype(float).mean().tolist())
         else:
             assert t.state == TrialState.FAIL
     # Optuna trials that no Tune trial finished (asked just before a kill) are FAIL
@@ -178,8 +185,8 @@ def ray_address():
 @pytest.mark.ray
 @pytest.mark.timeout(600)
 def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path: Path) -> None:
-    """An Optuna sweep through the CLI, interrupted once (Ctrl-C) and finished with
-    ``--resume``.
+    """An Optuna sweep through the CLI, 2 configurations x 2 seeds (``--repeats 2``),
+    interrupted once (Ctrl-C) and finished with ``--resume``.
 
     The driver gets SIGINT when the first trial's row appears, while another trial is in
     flight: it stops with exit code 130 and leaves that trial RUNNING in Optuna; the resume
@@ -194,10 +201,10 @@ def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path:
     (lin,) = resumed_grid["lin_dirs"]
     stamps = {p: (p / "meta.json").stat().st_mtime_ns for p in (base, lin)}
     run = storage / "e2e"
-    args = ["--objective", "pareto", "--trials", "3", "--max-concurrent", "2"]
+    args = ["--objective", "pareto", "--trials", "2", "--repeats", "2", "--max-concurrent", "2"]
     args += ["--address", ray_address, "--storage-path", str(storage), "--run-dir", str(run)]
     args += [*TINY, "--set", "search.method=snl", "--set", "search.budget={choices: [0.5, 0.2]}"]
-    args += ["--set", "diagnostics.hessian_max_samples=8"]
+    args += ["--set", "diagnostics.hessian=true", "--set", "diagnostics.hessian_max_samples=8"]
     rc = interrupt_when(start_sweep(args, tmp_path / "stopped.txt"), _first_trial_done(run))
     stopped = (tmp_path / "stopped.txt").read_text()
     assert rc == 130 and f"continue with --resume --run-dir {run}" in stopped, stopped[-3000:]
@@ -213,37 +220,74 @@ def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path:
 
     for table, schema in results.TABLES.items():
         files = sorted((run / table).glob("*.parquet"))
-        assert len(files) == 3
+        assert len(files) == 4
         for f in files:
             assert pq.read_schema(f).remove_metadata().equals(schema.remove_metadata())
-    trials = assert_tables(run, 3)
+    trials = assert_tables(run, 4)
     assert (trials["status"] == "ok").all() and trials["error"].isna().all()
+    # every configuration ran on seeds 0 and 1; the configs table holds their statistics
+    assert trials.groupby("config_id")["seed"].apply(sorted).tolist() == [[0, 1], [0, 1]]
+    configs = aggregate.load_configs(run)
+    assert len(configs) == 2 and (configs["n_seeds"] == 2).all()
+    for row in configs.itertuples():
+        seeds = trials[trials["config_id"] == row.config_id]
+        assert row.val_accuracy_mean == pytest.approx(seeds["val_accuracy"].astype(float).mean())
     assert trials["pareto"].any()
     assert (trials["relu_count"] <= trials["budget"] * trials["relu_total"]).all()
     assert trials["val_accuracy"].between(0, 1).all()
-    assert len(pd.read_parquet(run / "trials")) == 3  # pandas reads the dataset directly
+    assert len(pd.read_parquet(run / "trials")) == 4  # pandas reads the dataset directly
     groups = results.load_groups(run)
     test_ft = groups[(groups["stage"] == "finetuned") & (groups["split"] == "test")]
     assert test_ft["grad_norm"].notna().all() and test_ft["hessian_top_eig"].notna().all()
 
-    _, _, table = out.partition("Pareto-optimal trials")
+    _, _, table = out.partition("Pareto-optimal configurations")
     assert table, out[-3000:]
-    for tid in trials.loc[trials["pareto"], "trial_id"]:
-        assert tid in table
+    for cid in configs.loc[configs["pareto"], "config_id"]:
+        assert cid in table
+    assert "Validation ranks test" in table
     for name in ("sweep.json", "command.txt", "space.yaml", "versions.json", "pareto.png"):
         assert (run / name).is_file()
     assert_optuna_matches(run, trials)
     assert in_flight & set(trials["trial_id"])  # rerun after the stop, told COMPLETE
 
-    # the cache: the base model reused, not retrained; one linearized model per distinct
-    # (method, budget, seed) over both sweeps, the grid sweep's reused where they meet
-    assert artifact_dirs(storage, "base") == [base]
-    assert set(trials["base_key"]) == {base.name}
+    # the cache: the seed-0 base model reused, not retrained (seed 1 trained once); one
+    # linearized model per distinct (method, budget, seed) over both sweeps, the grid
+    # sweep's reused where they meet
+    assert base in artifact_dirs(storage, "base") and len(artifact_dirs(storage, "base")) == 2
+    assert set(trials.loc[trials["seed"] == 0, "base_key"]) == {base.name}
     assert {p: (p / "meta.json").stat().st_mtime_ns for p in (base, lin)} == stamps
     both = pd.concat([results.load_trials(resumed_grid["run"]), trials])
     per_combo = both.groupby(["method", "budget", "seed"])["lin_key"]
     assert per_combo.nunique().eq(1).all()
     assert len(artifact_dirs(storage, "linearized")) == per_combo.ngroups
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_grid_with_repeats_aggregates_over_seeds(ray_address: str, tmp_path: Path) -> None:
+    """A real grid sweep, 2 configurations x 2 seeds: the configs table holds each
+    configuration's mean, std and Student-t interval over its seeds, recomputed here from
+    the per-seed rows; the summary shows the configurations and the rank agreement."""
+    run = tmp_path / "runs" / "grid"
+    args = [*GRID2[:-2], "--repeats", "2", "--max-concurrent", "2", "--address", ray_address]
+    args += ["--storage-path", str(tmp_path / "runs"), "--run-dir", str(run), *TINY, *NO_HESSIAN]
+    rc, out = run_sweep(args, tmp_path / "log.txt")
+    assert rc == 0, out[-3000:]
+    trials = assert_tables(run, 4)
+    assert sorted(trials["seed"].tolist()) == [0, 0, 1, 1]
+    configs = aggregate.load_configs(run).set_index("config_id")
+    assert len(configs) == 2 and (configs["n_seeds"] == 2).all()
+    for config_id, seeds in trials.groupby("config_id"):
+        row = configs.loc[config_id]
+        assert set(seeds["mitigation"]) == {row["mitigation"]}
+        for metric in aggregate.METRICS:
+            x = seeds[metric].astype(float).to_numpy()
+            half = 12.706204736174707 * x.std(ddof=1) / np.sqrt(2)  # t_{0.975, 1}
+            assert row[f"{metric}_mean"] == pytest.approx(x.mean())
+            assert row[f"{metric}_std"] == pytest.approx(x.std(ddof=1), nan_ok=True)
+            assert row[f"{metric}_ci_high"] == pytest.approx(x.mean() + half, nan_ok=True)
+    assert "4 trials (4 ok, 0 failed): 2 configurations on seeds [0, 1]" in out
+    assert "Pareto-optimal configurations" in out and "Validation ranks test" in out
 
 
 # -- resume after the driver is killed ----------------------------------------------------

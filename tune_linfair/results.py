@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from tune_linfair.aggregate import CONFIGS_SCHEMA
 from tune_linfair.cache import atomic_write
 from tune_linfair.errors import UserError
 from tune_linfair.pareto import pareto_mask
@@ -89,6 +90,7 @@ TRIALS_SCHEMA: pa.Schema = _schema(
     [
         ("run_id", _S, "sweep identifier (one run directory)"),
         ("trial_id", _S, "trial identifier, unique within the run; also the file name"),
+        ("config_id", _S, "configuration (the parameters but the seed); joins configs.config_id"),
         ("stage", _S, "last stage the trial reached: base, linearized or finetuned"),
         ("dataset", _S, "dataset name (digits, synthetic, cifar10, svhn, utkface)"),
         ("model", _S, "model name from the registry (e.g. resnet18)"),
@@ -141,9 +143,14 @@ GROUPS_SCHEMA: pa.Schema = _schema(
         ("group", _I, "group id"),
         ("group_name", _S, "group name"),
         ("n", _I, "samples of the group in the split"),
+        ("n_train", _I, "training samples of the group (the unbalanced distribution)"),
         ("accuracy", _F, "group accuracy (fraction)"),
         ("base_accuracy", _F, "group accuracy of the base model on the same split (fraction)"),
         ("relative_drop", _F, "100 * (base_accuracy - accuracy) / base_accuracy (%)"),
+        ("accuracy_ci_low", _F, "95% bootstrap interval of accuracy over the group's samples, low"),
+        ("accuracy_ci_high", _F, "95% bootstrap interval of accuracy, high (fraction)"),
+        ("relative_drop_ci_low", _F, "95% bootstrap interval of relative_drop (base fixed), low"),
+        ("relative_drop_ci_high", _F, "95% bootstrap interval of relative_drop, high (%)"),
         ("loss", _F, "mean cross-entropy over the group's samples"),
         ("grad_norm", _F, "||grad_theta J(theta; S_a)||_2, J = mean CE over the group"),
         ("hessian_top_eig", _F, "top Hessian eigenvalue of J(theta; S_a) (power iteration)"),
@@ -199,18 +206,20 @@ TABLES: dict[str, pa.Schema] = {
 
 
 def describe(table: str | None = None) -> str:
-    """Markdown tables (column, type, description) of one table or of all three.
+    """Markdown tables (column, type, description) of one table or of all four (the
+    per-trial tables and :data:`tune_linfair.aggregate.CONFIGS_SCHEMA`).
 
     The README's "Parquet tables" section embeds this text (tests/test_results.py checks it
     is current).
     """
-    names = [table] if table is not None else list(TABLES)
+    schemas = {"configs": CONFIGS_SCHEMA, **TABLES}
+    names = [table] if table is not None else list(schemas)
     out: list[str] = []
     for name in names:
-        if name not in TABLES:
-            raise ValueError(f"unknown table {name!r}; choose one of: {', '.join(TABLES)}")
+        if name not in schemas:
+            raise ValueError(f"unknown table {name!r}; choose one of: {', '.join(schemas)}")
         out += [f"### `{name}`", "", "| column | type | description |", "| --- | --- | --- |"]
-        for f in TABLES[name]:
+        for f in schemas[name]:
             doc = (f.metadata or {}).get(b"description", b"").decode().replace("|", "\\|")
             typ = ("float64" if f.type == _F else str(f.type)) + (
                 "" if f.nullable else ", not null"

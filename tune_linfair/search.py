@@ -56,7 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--objective", choices=sorted(SEARCHES), default="pareto")
     p.add_argument("--space", default="default", help="bundled space name or YAML path")
-    p.add_argument("--trials", type=int, help="Optuna trials (default: the space's)")
+    p.add_argument(
+        "--trials", type=int, help="configurations Optuna suggests (default: the space's)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="seeds per configuration (default: the space's); Optuna is told the mean",
+    )
     p.add_argument(
         "--run-dir", help="where results go (default: STORAGE/<space>-<objective>-<time>)"
     )
@@ -96,15 +103,17 @@ def resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, SearchSpace, 
     space and options the sweep in ``--run-dir`` started with (its record). Returns the
     arguments completed from the record (a new namespace), the space and the record."""
     if not args.resume:
-        space = load_space(args.space, list(args.set) + _data_overrides(args))
+        repeats = [f"repeats={args.repeats}"] if args.repeats is not None else []
+        space = load_space(args.space, list(args.set) + repeats + _data_overrides(args))
         return _with_defaults(args), space, None
     if not args.run_dir:
         raise UserError("--resume needs --run-dir: the sweep directory to continue")
     record, raw = rundir.read_record(args.run_dir)
-    if args.set:
+    if args.set or args.repeats is not None:
+        drop = f"--set {args.set[0]}" if args.set else "--repeats"
         raise UserError(
             f"--resume continues the sweep with its saved space ({args.run_dir}/space.yaml); "
-            f"drop --set {args.set[0]} (start a new --run-dir to change the space)"
+            f"drop {drop} (start a new --run-dir to change the space)"
         )
     if args.space not in ("default", record.space):
         raise UserError(
@@ -253,31 +262,46 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     from ray.tune.search.optuna import OptunaSearch
 
+    from tune_linfair.aggregate import SeedGroups
+
     class SweepOptunaSearch(OptunaSearch):
-        """Tags every Optuna trial with its Tune trial id (user attribute
-        ``tune_trial_id``, the ``trial_id`` of the Parquet rows) and, for a constrained
-        sweep, sets ``constraint_*`` results as Optuna constraints before telling."""
+        """Runs every configuration Optuna suggests on the space's seeds, one Tune trial per
+        seed (:class:`tune_linfair.aggregate.SeedGroups`), and tells Optuna the mean over
+        the seeds once all have finished (FAIL if one failed). The Optuna trial carries the
+        Tune trial ids of its seeds (``tune_trial_ids``; ``tune_trial_id`` = the first),
+        and, for a constrained sweep, the mean ``constraint_*`` values."""
 
         def suggest(self, trial_id):
+            config = self.seed_groups.assign(trial_id)
+            if config is not None:
+                return config
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials.get(trial_id)
-            if isinstance(config, dict) and ot_trial is not None:
-                ot_trial.set_user_attr("tune_trial_id", trial_id)
-            return config
+            if not isinstance(config, dict) or ot_trial is None:
+                return config
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+            return self.seed_groups.open(trial_id, config)
+
+        def on_trial_result(self, trial_id, result):
+            """No intermediate values: a configuration's seeds share one Optuna trial."""
 
         def on_trial_complete(self, trial_id, result=None, error=False):
-            ot_trial = self._ot_trials.get(trial_id)
-            if constrained and ot_trial is not None and result:
-                for key, value in result.items():
-                    if key.startswith("constraint_"):
+            done = self.seed_groups.complete(trial_id, None if error or not result else result)
+            if done is None:
+                return
+            group, mean, members = done
+            ot_trial = self._ot_trials.get(group)
+            if ot_trial is not None:
+                ot_trial.set_user_attr("tune_trial_ids", members)
+                for key, value in (mean or {}).items():
+                    if constrained and key.startswith("constraint_"):
                         ot_trial.set_constraint(key, float(value))
-            super().on_trial_complete(trial_id, result, error)
+            super().on_trial_complete(group, mean, error=mean is None)
 
     metric = [o.name for o in SEARCHES[objective]]
     mode = [o.mode for o in SEARCHES[objective]]
     storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
-    cls = SweepOptunaSearch
-    return cls(
+    searcher = SweepOptunaSearch(
         # Define-by-run: no computation, and a partial pickles for Tune's checkpoints.
         space=functools.partial(
             suggest,
@@ -290,6 +314,8 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
         storage=storage,
         study_name=run_dir.name,
     )
+    searcher.seed_groups = SeedGroups(space.seeds or [None])
+    return searcher
 
 
 def fail_orphan_optuna_trials(run_dir: Path) -> int:
@@ -400,7 +426,7 @@ def build_tuner(args: argparse.Namespace, space: SearchSpace, trainable, run_dir
         param_space={},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            num_samples=args.trials or space.trials,
+            num_samples=(args.trials or space.trials) * space.repeats,
             max_concurrent_trials=max_concurrent,
             reuse_actors=True,
         ),

@@ -8,7 +8,12 @@ A space has the sections of :class:`~tune_linfair.config.ExperimentConfig` (``da
   ``{low, high, int: true}``;
 - ``grid``: for ``--objective grid``, a list of values per trial parameter (cartesian
   product);
-- ``trials``, ``max_concurrent``: sweep defaults the command line may override;
+- ``repeats``: seeds per configuration (default 1): every configuration Optuna suggests and
+  every grid point runs on seeds ``s, s+1, ..., s+repeats-1`` (``s`` = ``search.seed``, 0 by
+  default); the seed is then not searched; a grid that lists ``seed`` runs those seeds
+  instead;
+- ``trials``, ``max_concurrent``: sweep defaults the command line may override (``trials``
+  counts configurations);
 - ``name``, ``description``.
 
 The bundled spaces live in the repository's top-level ``search_spaces/`` folder, which is
@@ -46,6 +51,7 @@ _SECTIONS = {
     "grid",
     "trials",
     "max_concurrent",
+    "repeats",
 }
 
 
@@ -60,17 +66,28 @@ class SearchSpace:
     trials: int
     max_concurrent: int
     raw: dict
+    repeats: int = 1
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds every configuration runs on: ``repeats`` seeds from ``search.seed``."""
+        first = self.search.get("seed", 0)
+        return [int(first) + i for i in range(self.repeats)] if isinstance(first, int) else []
 
     def grid_points(self) -> list[dict[str, Any]]:
         """The cartesian product of the grid (first key slowest), with the constants of
-        ``search`` that the grid does not vary."""
+        ``search`` that the grid does not vary, each on the space's :attr:`seeds` unless the
+        grid lists seeds itself (a configuration's seeds are adjacent points)."""
         if not self.grid:
             raise UserError(f"space {self.name!r} has no grid section for --objective grid")
-        keys = list(self.grid)
+        grid = dict(self.grid)
+        if "seed" not in grid and self.seeds:
+            grid["seed"] = self.seeds
+        keys = list(grid)
         fixed = {k: v for k, v in self.search.items() if not isinstance(v, dict) and k not in keys}
         return [
             {**fixed, **dict(zip(keys, combo))}
-            for combo in itertools.product(*(self.grid[k] for k in keys))
+            for combo in itertools.product(*(grid[k] for k in keys))
         ]
 
 
@@ -100,9 +117,19 @@ def parse_space(raw: Any, name: str = "space") -> SearchSpace:
             validate_value(k, v, f"grid.{k}")
     trials = raw.get("trials", 8)
     max_concurrent = raw.get("max_concurrent", 2)
-    for key, value in (("trials", trials), ("max_concurrent", max_concurrent)):
+    repeats = raw.get("repeats", 1)
+    for key, value in (
+        ("trials", trials),
+        ("max_concurrent", max_concurrent),
+        ("repeats", repeats),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"{key} must be a positive integer, got {value!r}")
+    if repeats > 1 and isinstance(search.get("seed"), dict):
+        raise UserError(
+            "repeats runs every configuration on consecutive seeds: search.seed must be a constant"
+        )
+
     return SearchSpace(
         name=str(raw.get("name", name)),
         experiment=experiment,
@@ -111,6 +138,7 @@ def parse_space(raw: Any, name: str = "space") -> SearchSpace:
         trials=trials,
         max_concurrent=max_concurrent,
         raw=raw,
+        repeats=repeats,
     )
 
 

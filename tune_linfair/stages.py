@@ -230,12 +230,13 @@ class TrialOutcome:
     linearized_computed: bool
 
 
-GROUP_PERCENT_KEYS = ("accuracy", "base_accuracy")
+GROUP_PERCENT_KEYS = ("accuracy", "base_accuracy", "accuracy_ci_low", "accuracy_ci_high")
 """Group-row values that the metrics API gives in percent and Parquet stores as fractions."""
 
 
-def _group_row(ids: Mapping[str, str], row: Mapping[str, Any]) -> dict:
-    return {**ids, **row, **{k: fraction(row.get(k)) for k in GROUP_PERCENT_KEYS}}
+def _group_row(ids: Mapping[str, str], row: Mapping[str, Any], n_train: list[int]) -> dict:
+    fractions = {k: fraction(row.get(k)) for k in GROUP_PERCENT_KEYS}
+    return {**ids, **row, **fractions, "n_train": n_train[int(row["group"])]}
 
 
 def run_trial(
@@ -307,7 +308,11 @@ def run_trial(
     row = trial_row(
         **ids, exp=exp, params=params, wall_time_s=time.time() - start, measured=measured
     )
-    groups = [_group_row(ids, r) for r in base.meta["groups"] + lin.meta["groups"] + diag["groups"]]
+    n_train = data.train.group_counts(data.num_groups)
+    groups = [
+        _group_row(ids, r, n_train)
+        for r in base.meta["groups"] + lin.meta["groups"] + diag["groups"]
+    ]
     samples = [{**ids, **r} for r in diag["samples"]]
     return TrialOutcome(row, groups, samples, base_computed, lin_computed)
 

@@ -1,64 +1,157 @@
 """The end-of-sweep summary: what a user reads when a sweep finishes.
 
-:func:`summarize` prints the trial counts, the Pareto-optimal trials and where the Parquet
-tables are, and draws ``RUN/pareto.png`` (:func:`plot_pareto`). It reads only Parquet (no
-torch, no Ray); ``analysis/pareto.py`` and ``analysis/report.py`` go further.
+:func:`summarize` writes the configs table (:mod:`tune_linfair.aggregate`), then prints the
+trial and configuration counts, the Pareto-optimal configurations (means over seeds with
+95% intervals), whether validation ranks the configurations as test does, the seeds'
+hypervolumes, and where the tables are; it draws ``RUN/pareto.png`` (:func:`plot_pareto`).
+It reads only Parquet (no torch, no Ray); ``analysis/pareto.py`` and ``analysis/report.py``
+go further.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tune_linfair import results
+from tune_linfair import aggregate, results
 
 
-def summarize(run_dir: Path) -> None:
-    """Print the Pareto-optimal trials and where the results are; draw the Pareto plot."""
+def _pm(mean: float, low: float, scale: float = 1.0, digits: int = 1) -> str:
+    """``mean ± half-width`` of a 95% interval (``mean`` alone with one seed)."""
+    if not math.isfinite(mean):
+        return "-"
+    text = f"{scale * mean:.{digits}f}"
+    return text + (f" ±{scale * (mean - low):.{digits}f}" if math.isfinite(low) else "")
+
+
+def front_table(configs: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto-optimal configurations as a table for reading (percent, rounded, 95%
+    half-widths); full precision stays in Parquet."""
+    front = configs[configs["pareto"]].sort_values(["relu_count_mean", "val_accuracy_mean"])
+
+    def knob(row: pd.Series) -> str:
+        for name in ("mu", "epsilon"):
+            if pd.notna(row[name]):
+                return f"{name}={row[name]:.3g}"
+        return ""
+
+    return pd.DataFrame(
+        {
+            "config": front["config_id"],
+            "method": front["method"],
+            "mitigation": front["mitigation"] + front.apply(lambda r: f" {knob(r)}", axis=1),
+            "budget": front["budget"].map(lambda b: f"{b:g}"),
+            "ReLUs": front["relu_count_mean"].map(lambda v: f"{v:.0f}"),
+            "lr": front["lr"].map(lambda v: f"{v:.2g}"),
+            "n": front["n_seeds"],
+            "val acc %": [
+                _pm(m, lo, 100)
+                for m, lo in zip(front["val_accuracy_mean"], front["val_accuracy_ci_low"])
+            ],
+            "val worst drop %": [
+                _pm(m, lo)
+                for m, lo in zip(
+                    front["val_worst_group_drop_mean"], front["val_worst_group_drop_ci_low"]
+                )
+            ],
+            "test acc %": [
+                _pm(m, lo, 100)
+                for m, lo in zip(front["test_accuracy_mean"], front["test_accuracy_ci_low"])
+            ],
+            "test worst drop %": [
+                _pm(m, lo)
+                for m, lo in zip(
+                    front["test_worst_group_drop_mean"], front["test_worst_group_drop_ci_low"]
+                )
+            ],
+        }
+    )
+
+
+def summarize(run_dir: Path) -> int:
+    """Write the configs table, print the summary, draw the Pareto plot. Returns the number
+    of failed trials."""
     trials = results.load_trials(run_dir)
-    ok = trials[trials["status"] == "ok"]
+    ok = trials[(trials["status"] == "ok").fillna(False).astype(bool)]
     failed = len(trials) - len(ok)
-    print(f"\n{len(trials)} trials ({len(ok)} ok, {failed} failed) in {run_dir}")
-    if len(ok):
-        cols = list(results.SUMMARY_COLUMNS)
-        front = ok[ok["pareto"]].sort_values("relu_count")[cols]
-        print("Pareto-optimal trials (val accuracy max, val worst-group drop min, ReLUs min):")
-        print(front.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        plot = plot_pareto(trials, run_dir / "pareto.png")
-        print(f"Pareto plot: {plot}")
-    for table in ("trials", "groups", "samples"):
+    configs = aggregate.write_configs(run_dir, trials)
+    seeds = sorted({int(s) for s in trials["seed"].dropna()})
+    print(
+        f"\n{len(trials)} trials ({len(ok)} ok, {failed} failed): {len(configs)} configurations"
+        f" on seeds {seeds} in {run_dir}"
+    )
+    if (configs["status"] == "ok").any():
+        print(
+            "Pareto-optimal configurations (means over seeds ±95% interval; val accuracy max, "
+            "val worst-group drop min, ReLUs min):"
+        )
+        print(front_table(configs).to_string(index=False))
+        agree = aggregate.rank_agreement(configs)
+        print(
+            f"Validation ranks test (Spearman, {agree['configurations']:.0f} configurations): "
+            f"worst-group drop {agree['spearman_worst_group_drop']:.2f}, "
+            f"accuracy {agree['spearman_accuracy']:.2f}"
+        )
+        if len(seeds) >= 2:
+            scale = float(ok["relu_total"].astype(float).max())
+            att = aggregate.seed_attainment(trials, scale)
+            (run_dir / "attainment.json").write_text(json.dumps(att, indent=1, default=float))
+            low, high = att["hypervolume_ci"]
+            print(
+                f"Seeds' fronts: hypervolume {att['hypervolume_mean']:.3f} "
+                f"(95% interval {low:.3f}-{high:.3f} over {len(seeds)} seeds); median "
+                f"attainment surface in {run_dir / 'attainment.json'}"
+            )
+        print(f"Pareto plot: {plot_pareto(configs, run_dir / 'pareto.png')}")
+    for table in ("configs", "trials", "groups", "samples"):
         print(f"Parquet {table}: {run_dir / table}")
     print(f"Report: python analysis/report.py {run_dir}")
+    return failed
 
 
-def plot_pareto(trials: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    """Scatter validation accuracy (%) vs worst-group drop (%) of the ok trials; save a PNG.
+def plot_pareto(configs: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Validation accuracy (%) vs worst-group drop (%) of the ok configurations (means over
+    seeds, 95% interval bars); save a PNG.
 
-    Colour = method; Pareto trials (the ``pareto`` column of :func:`load_trials`, i.e. the
-    3-objective front) are ringed in black. matplotlib is imported here, with the Agg
-    backend, only when a plot is asked for. analysis/pareto.py draws the fuller version.
+    Colour = method; Pareto configurations (the ``pareto`` column of the configs table, the
+    3-objective front on means) are ringed in black. matplotlib is imported here, with the
+    Agg backend, only when a plot is asked for. analysis/pareto.py draws the fuller version.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = trials[(trials["status"] == "ok").fillna(False).astype(bool)]
-    acc = 100 * ok["val_accuracy"].astype("float64").to_numpy(na_value=np.nan)
-    drop = ok["val_worst_group_drop"].astype("float64").to_numpy(na_value=np.nan)
-    front = ok["pareto"].to_numpy(dtype=bool) if "pareto" in ok else np.zeros(len(ok), bool)
+    ok = configs[configs["status"] == "ok"]
+    acc = 100 * ok["val_accuracy_mean"].astype(float).to_numpy()
+    drop = ok["val_worst_group_drop_mean"].astype(float).to_numpy()
+    acc_err = 100 * (ok["val_accuracy_mean"] - ok["val_accuracy_ci_low"]).astype(float).to_numpy()
+    drop_err = (ok["val_worst_group_drop_mean"] - ok["val_worst_group_drop_ci_low"]).astype(float)
+    front = ok["pareto"].to_numpy(dtype=bool)
     methods = ok["method"].fillna("?").astype(str).to_numpy()
     fig, ax = plt.subplots(figsize=(6, 4.4))
     for method in sorted(set(methods)):
         sel = methods == method
-        ax.scatter(drop[sel], acc[sel], s=30, alpha=0.7, label=method)
-    ax.scatter(drop[front], acc[front], s=90, facecolors="none", edgecolors="k", label="Pareto")
+        ax.errorbar(
+            drop[sel],
+            acc[sel],
+            xerr=np.nan_to_num(drop_err.to_numpy()[sel]),
+            yerr=np.nan_to_num(acc_err[sel]),
+            fmt="o",
+            ms=5,
+            alpha=0.7,
+            capsize=2,
+            label=method,
+        )
+    ax.scatter(drop[front], acc[front], s=110, facecolors="none", edgecolors="k", label="Pareto")
     ax.set_xlabel("validation worst-group relative drop (%)")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Trials (Pareto: accuracy, worst-group drop, ReLU count)")
+    ax.set_title("Configurations: means over seeds, 95% intervals")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tune_linfair.cache import stable_hash
 from tune_linfair.config import METHODS, MITIGATIONS, ExperimentConfig, FinetuneSettings, to_dict
 from tune_linfair.errors import UserError, unknown
 
@@ -150,6 +151,13 @@ class TrialParams:
         """The parameters that apply, as a plain dict (for rows and checkpoints)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
+    @property
+    def config_id(self) -> str:
+        """The configuration: a hash of every parameter that applies except the seed. The
+        seeds of one configuration (its repeats) share it; the configs table groups by it."""
+        config = {k: v for k, v in self.as_dict().items() if k != "seed"}
+        return "c" + stable_hash(config, length=11)
+
 
 def suggest(trial: Any, search: Mapping[str, Any], default_mitigation: str) -> dict[str, Any]:
     """Optuna define-by-run: sample each searched parameter of ``search`` on ``trial`` (an
@@ -256,6 +264,7 @@ def trial_row(
     row: dict[str, Any] = {
         "run_id": run_id,
         "trial_id": trial_id,
+        "config_id": params.config_id,
         "stage": "finetuned",
         "dataset": exp.data.name,
         "model": exp.model.name,

@@ -10,9 +10,11 @@ ourselves: torchvision's class checks MD5 sums, which would reject test fixtures
 only used to fetch the files when ``download=True``. The reader is a restricted unpickler
 that resolves only NumPy's array-reconstruction globals, so a batch file cannot run code.
 
-Protocol (Das et al., ICML 2024, Sec. 5; README "Data"): the training pool keeps
-``majority_share`` (0.9) of classes 0-4 and ``minority_share`` (0.1) of classes 5-9; a
-validation split stratified by class is carved from it; the official test batch keeps its
+Protocol (Das et al., ICML 2024, Sec. 5; README "Data"): a validation split stratified by
+class is carved from the training batches before unbalancing (``balanced_val=True``: 500
+images per class, balanced like the test batch; ``False``: carved after unbalancing, as
+the paper's code does); the rest keeps ``majority_share`` (0.9) of classes 0-4 and
+``minority_share`` (0.1) of classes 5-9 for training; the official test batch keeps its
 balanced distribution unless ``unbalance_test`` (the paper's code unbalances it too).
 Group = class; inputs standardized per channel with training statistics; ``augment=True``.
 """
@@ -28,10 +30,10 @@ import torch
 from tune_linfair.data.base import GroupedDataset
 from tune_linfair.data.splits import (
     assemble,
+    carve_val,
     check_fraction,
     class_shares,
     make_generator,
-    stratified_split,
     unbalance,
 )
 from tune_linfair.errors import UserError
@@ -130,11 +132,13 @@ def load_cifar10(
     majority_share: float = 0.9,
     minority_share: float = 0.1,
     unbalance_test: bool = False,
+    balanced_val: bool = True,
 ) -> GroupedDataset:
     """Unbalanced CIFAR-10: x (N, 3, 32, 32) standardized per channel, group = class.
 
-    ``val_fraction`` is carved (stratified) from the unbalanced training pool; classes 0-4
-    keep ``majority_share`` and 5-9 ``minority_share`` of their training images.
+    ``val_fraction`` of the training batches is carved (stratified) before unbalancing
+    (``balanced_val``) or from the unbalanced pool; classes 0-4 keep ``majority_share`` and
+    5-9 ``minority_share`` of their training images.
     """
     val_fraction = check_fraction("val_fraction", val_fraction)
     majority_share = check_fraction("majority_share", majority_share, allow_one=True)
@@ -151,18 +155,22 @@ def load_cifar10(
 
     gen = make_generator(seed)
     shares = class_shares(10, MAJORITY_CLASSES, majority_share, minority_share)
-    pool = unbalance(y, shares, gen)
-    train_pos, val_pos = stratified_split(y[pool], val_fraction, gen)
+    parts = carve_val(torch.arange(len(y)), y, val_fraction, shares, gen, balanced_val)
     if unbalance_test:
         keep = unbalance(y_test, shares, gen)
         x_test, y_test = x_test[keep], y_test[keep]
-    info = {"source": str(folder), "shares": shares, "unbalance_test": bool(unbalance_test)}
+    info = {
+        "source": str(folder),
+        "shares": shares,
+        "unbalance_test": bool(unbalance_test),
+        "balanced_val": bool(balanced_val),
+    }
     return assemble(
         "cifar10",
         x,
         y,
         y,
-        {"train": pool[train_pos], "val": pool[val_pos]},
+        parts,
         CLASS_NAMES,
         CLASS_NAMES,
         augment=True,

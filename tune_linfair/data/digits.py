@@ -4,21 +4,32 @@ The default dataset: it ships with scikit-learn, so the default sweep needs no d
 It mirrors the paper's unbalanced CIFAR-10 (Das et al., ICML 2024, Sec. 5: 90% of classes
 0-4 kept, 10% of classes 5-9), with group = class.
 
-Protocol (README "Data"):
+Protocol (README "Data"), with ``balanced_val=True`` (the default):
 1. carve a test split stratified by class from the full data; it keeps the source's
    (balanced) distribution unless ``unbalance_test`` (the paper's code unbalances it);
-2. unbalance the remaining pool: classes 0-4 keep ``majority_share``, 5-9 ``minority_share``;
-3. carve a validation split stratified by class from the unbalanced pool.
+2. carve a validation split stratified by class from what is left, *before* unbalancing,
+   so it is balanced like the test split;
+3. unbalance the rest for training: classes 0-4 keep ``majority_share``, 5-9
+   ``minority_share``.
+With ``balanced_val=False`` (the earlier protocol) steps 2 and 3 swap: the validation split
+is carved from the unbalanced pool and is unbalanced like training.
 
-Defaults and why: with only ~180 images per class, the paper's 10% minority share would
-leave 3-4 validation images per minority class, too few for a stable worst-group objective.
-``minority_share=0.3`` with ``val_fraction=0.25`` keeps 11 validation images per minority
-class while the training split stays clearly unbalanced (about 97 vs 32 images per class,
-3:1). The counts do not depend on the seed (only which images are drawn does); with the
-defaults, per class 0-9 (also in ``info["group_counts"]``):
+Why a balanced validation split: the search ranks configurations by the worst group's
+validation drop, and with ~180 images per class an unbalanced split leaves 11 validation
+images per minority class, so one image moves the objective by 9-10 points. Carved before
+unbalancing, every class has about 36 validation images (one image: about 3 points) while
+training stays clearly unbalanced (about 97 vs 32 images per class, 3:1). The counts do not
+depend on the seed (only which images are drawn does); with the defaults, per class 0-9
+(also in ``info["group_counts"]``):
 
-    train 96 98 96 98 98 33 33 32 31 32   (717)
-    val   32 33 32 33 33 11 11 11 11 11   (241)
+    train 95 98 95 98 98 33 33 32 31 32   (645)
+    val   36 37 36 37 36 37 36 36 35 36   (362)
+    test  36 36 35 37 36 36 36 36 35 36   (359)
+
+and with ``balanced_val=False``:
+
+    train 96 98 96 98 98 33 33 32 31 32   (647)
+    val   32 33 32 33 33 11 11 11 11 11   (218)
     test  36 36 35 37 36 36 36 36 35 36   (359)
 """
 
@@ -31,6 +42,7 @@ import torch
 from tune_linfair.data.base import GroupedDataset
 from tune_linfair.data.splits import (
     assemble,
+    carve_val,
     check_fraction,
     class_shares,
     make_generator,
@@ -51,12 +63,14 @@ def load_digits(
     majority_share: float = 0.9,
     minority_share: float = 0.3,
     unbalance_test: bool = False,
+    balanced_val: bool = True,
 ) -> GroupedDataset:
     """Unbalanced 8x8 digits: x (N, 1, 8, 8) standardized with training statistics, group = class.
 
     ``root`` and ``download`` are ignored (the data ships with scikit-learn).
-    ``test_fraction`` is taken from the full data, ``val_fraction`` from the unbalanced
-    training pool; shares are the fractions of each class kept (see the module docstring).
+    ``test_fraction`` is taken from the full data, ``val_fraction`` from the rest before
+    unbalancing (``balanced_val``) or from the unbalanced pool; shares are the fractions of
+    each class kept for training (see the module docstring).
     """
     from sklearn.datasets import load_digits as sk_load_digits
 
@@ -75,15 +89,14 @@ def load_digits(
     pool, test = stratified_split(g, test_fraction, gen)
     if unbalance_test:
         test = test[unbalance(y[test], shares, gen)]
-    pool = pool[unbalance(y[pool], shares, gen)]
-    train_pos, val_pos = stratified_split(g[pool], val_fraction, gen)
-    parts = {"train": pool[train_pos], "val": pool[val_pos], "test": test}
+    parts = {"test": test, **carve_val(pool, y, val_fraction, shares, gen, balanced_val)}
 
     names = tuple(str(c) for c in range(10))
     info = {
         "source": "sklearn.datasets.load_digits",
         "shares": shares,
         "unbalance_test": bool(unbalance_test),
+        "balanced_val": bool(balanced_val),
     }
     return assemble(
         "digits", x, y, g, parts, names, names, augment=False, per_channel=False, info=info

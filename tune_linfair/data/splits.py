@@ -104,6 +104,30 @@ def unbalance(
     return torch.cat(kept).sort().values
 
 
+def carve_val(
+    pool: torch.Tensor,
+    labels: torch.Tensor,
+    val_fraction: float,
+    shares: Mapping[int, float],
+    generator: torch.Generator,
+    balanced_val: bool,
+) -> dict[str, torch.Tensor]:
+    """Split the positions ``pool`` into ``train`` (unbalanced by ``shares``) and ``val``,
+    both stratified by ``labels[pool]``.
+
+    ``balanced_val``: ``val`` is carved before unbalancing and keeps the pool's (balanced)
+    distribution, so the smallest group has as many validation samples as any; otherwise it
+    is carved after unbalancing and is as unbalanced as training.
+    """
+    if balanced_val:
+        rest_pos, val_pos = stratified_split(labels[pool], val_fraction, generator)
+        rest = pool[rest_pos]
+        return {"train": rest[unbalance(labels[rest], shares, generator)], "val": pool[val_pos]}
+    kept = pool[unbalance(labels[pool], shares, generator)]
+    train_pos, val_pos = stratified_split(labels[kept], val_fraction, generator)
+    return {"train": kept[train_pos], "val": kept[val_pos]}
+
+
 def class_shares(
     num_classes: int, majority_classes: Sequence[int], majority_share: float, minority_share: float
 ) -> dict[int, float]:

@@ -38,6 +38,10 @@ GROUP_ROW_KEYS: tuple[str, ...] = (
     "accuracy",
     "base_accuracy",
     "relative_drop",
+    "accuracy_ci_low",
+    "accuracy_ci_high",
+    "relative_drop_ci_low",
+    "relative_drop_ci_high",
     "loss",
     "grad_norm",
     "hessian_top_eig",
@@ -149,6 +153,7 @@ def diagnose(
     else:
         base, drop, worst = nan_groups, nan_groups, math.nan
 
+    ci = metrics.intervals(base if base_group_accuracy is not None else None)
     mean_margin = _group_means(margin, g, num_groups)
     mean_geo = _group_means(geo, g, num_groups)
     by_group = metrics.by_group
@@ -164,6 +169,7 @@ def diagnose(
                 "accuracy": float(by_group["accuracy"].iloc[a]),
                 "base_accuracy": float(base[a]),
                 "relative_drop": float(drop[a]),
+                **{k: float(ci[k].iloc[a]) for k in ci.columns},
                 "loss": float(by_group["loss"].iloc[a]),
                 "grad_norm": float(grad_norm[a]),
                 "hessian_top_eig": float(top_eig[a]),

@@ -13,7 +13,10 @@ accuracies in percent:
   ``drop_a = 100 * (acc_base_a - acc_a) / acc_base_a`` (NaN when ``acc_base_a`` is 0, since
   the ratio is undefined, or when either accuracy is NaN);
 - worst-group drop: ``max_a drop_a`` over groups with a defined drop;
-- accuracy parity gap: ``max_a acc_a - min_a acc_a`` over non-empty groups.
+- accuracy parity gap: ``max_a acc_a - min_a acc_a`` over non-empty groups;
+- 95% intervals of ``acc_a`` and ``drop_a`` (:meth:`GroupMetrics.intervals`): percentile
+  bootstrap over the group's samples (Efron & Tibshirani 1993, ch. 13), the base accuracy
+  held fixed as the reference, so the drop's interval is the accuracy's, mapped.
 """
 
 from __future__ import annotations
@@ -156,6 +159,42 @@ class GroupMetrics:
         ok = np.isfinite(b) & np.isfinite(acc) & (b > 0)
         drop[ok] = 100.0 * (b[ok] - acc[ok]) / b[ok]
         return pd.Series(drop, index=self.by_group.index, name="relative_drop")
+
+    def intervals(
+        self,
+        base: GroupMetrics | Sequence[float] | np.ndarray | None = None,
+        *,
+        level: float = 0.95,
+        n_boot: int = 2000,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Per group: ``accuracy_ci_low/high`` (%) and, given ``base``, ``relative_drop_ci_low
+        /high`` (%), by the percentile bootstrap over the group's samples.
+
+        Resampling ``n_a`` samples with replacement makes the number correct
+        Binomial(``n_a``, ``acc_a``): the bootstrap draws it directly (``n_boot`` draws,
+        seeded). NaN for an empty group, and for the drop where it is undefined.
+        """
+        rng = np.random.default_rng(seed)
+        n = self.by_group["n"].to_numpy(dtype=np.int64)
+        acc = self.by_group["accuracy"].to_numpy(dtype=np.float64)
+        low, high = np.full(len(n), math.nan), np.full(len(n), math.nan)
+        q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+        for a in np.flatnonzero(n > 0):
+            draws = 100.0 * rng.binomial(n[a], acc[a] / 100.0, size=n_boot) / n[a]
+            low[a], high[a] = np.percentile(draws, q)
+        out = pd.DataFrame(
+            {"accuracy_ci_low": low, "accuracy_ci_high": high}, index=self.by_group.index
+        )
+        b = np.full(len(n), math.nan) if base is None else self._base_accuracy(base)
+        ok = np.isfinite(b) & (b > 0)
+        out["relative_drop_ci_low"] = np.where(
+            ok, 100.0 * (b - high) / np.where(ok, b, 1), math.nan
+        )
+        out["relative_drop_ci_high"] = np.where(
+            ok, 100.0 * (b - low) / np.where(ok, b, 1), math.nan
+        )
+        return out
 
     def worst_group_drop(self, base: GroupMetrics | Sequence[float] | np.ndarray) -> float:
         """``max_a drop_a`` over groups whose drop is defined (NaN if none is)."""
