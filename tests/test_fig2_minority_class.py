@@ -1,0 +1,86 @@
+"""The paper's own Figure 2 setting: ``synthetic`` with ``setting="class_minority"``.
+
+Data: the groups are the classes, the minority class (~10%) inside the narrow bump of the
+true boundary (the curved side). Experiment: experiments/synthetic_fig2.py on 2 seeds with
+tiny settings, its JSON checked against its printed table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tune_linfair.data import get_dataset
+from tune_linfair.data.synthetic import (
+    CLASS_MARGIN,
+    CLASS_MINORITY_DEPTH,
+    CLASS_MINORITY_HALF_WIDTH,
+    boundary,
+)
+from tune_linfair.errors import UserError
+
+torch.set_num_threads(1)
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "synthetic_fig2.py"
+SPLITS = ("train", "val", "test")
+
+
+def _all(ds, name: str) -> torch.Tensor:
+    return torch.cat([getattr(ds.split(s), name) for s in SPLITS])
+
+
+def _original_x(ds) -> torch.Tensor:
+    norm = ds.info["normalization"]
+    mean = torch.as_tensor(norm["mean"]).view(1, -1)
+    std = torch.as_tensor(norm["std"]).view(1, -1)
+    return _all(ds, "x") * std + mean
+
+
+def test_groups_are_classes_with_a_ten_percent_minority():
+    ds = get_dataset("synthetic", seed=0, setting="class_minority")
+    assert ds.group_names == ("majority", "minority") and ds.class_names == ("0", "1")
+    assert torch.equal(_all(ds, "g"), _all(ds, "y"))
+    assert int(_all(ds, "g").sum()) == 200 and len(_all(ds, "g")) == 2000
+    for s in SPLITS:  # stratified: every split keeps the 10% share
+        counts = ds.split(s).group_counts(2)
+        assert counts[1] / sum(counts) == pytest.approx(0.1, abs=0.01)
+    assert ds.info["setting"] == "class_minority" and ds.info["noise"] == 0.1
+
+
+def test_clean_minority_is_inside_the_bump_and_majority_above_it():
+    ds = get_dataset("synthetic", seed=1, setting="class_minority", noise=0.0)
+    x, g = _original_x(ds), _all(ds, "g")
+    above = x[:, 1] - boundary(x[:, 0])
+    tol = 1e-4  # standardization round trip in float32
+    assert float(above[g == 0].min()) >= CLASS_MARGIN - tol
+    assert float(above[g == 1].max()) <= tol
+    assert float(above[g == 1].min()) >= -CLASS_MINORITY_DEPTH - tol
+    assert float(x[g == 1, 0].abs().max()) <= CLASS_MINORITY_HALF_WIDTH + tol
+    # about 40% of the minority sits where the bump is curved (|x1| < 0.6)
+    assert 0.3 < float((x[g == 1, 0].abs() < 0.6).float().mean()) < 0.5
+
+
+def test_noise_makes_the_tip_overlap_and_a_linear_rule_fails_the_minority():
+    from sklearn.linear_model import LogisticRegression
+
+    ds = get_dataset("synthetic", seed=0, setting="class_minority")
+    x, g = _original_x(ds), _all(ds, "g")
+    truth = (x[:, 1] < boundary(x[:, 0])).long() == g  # the true boundary as a classifier
+    assert float(truth[g == 0].float().mean()) > 0.97
+    assert 0.75 < float(truth[g == 1].float().mean()) < 0.97
+    model = LogisticRegression().fit(ds.train.x.numpy(), ds.train.y.numpy())
+    pred = torch.as_tensor(model.predict(ds.test.x.numpy()))
+    acc = [float((pred == ds.test.y)[ds.test.g == a].float().mean()) for a in (0, 1)]
+    assert acc[0] > 0.97 and acc[1] < 0.8, acc
+
+
+def test_seeded_and_setting_checked():
+    a = get_dataset("synthetic", seed=5, setting="class_minority", n_samples=300)
+    b = get_dataset("synthetic", seed=5, setting="class_minority", n_samples=300)
+    c = get_dataset("synthetic", seed=6, setting="class_minority", n_samples=300)
+    assert all(torch.equal(a.split(s).x, b.split(s).x) for s in SPLITS)
+    assert not torch.equal(a.train.x, c.train.x)
+    with pytest.raises(UserError, match="class_minority"):
+        get_dataset("synthetic", setting="classes")
