@@ -7,6 +7,8 @@ tiny settings, its JSON checked against its printed table.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,49 @@ def test_seeded_and_setting_checked():
     assert not torch.equal(a.train.x, c.train.x)
     with pytest.raises(UserError, match="class_minority"):
         get_dataset("synthetic", setting="classes")
+
+
+@pytest.fixture(scope="module")
+def fig2():
+    """The experiment script imported as a module (it is not part of the package)."""
+    spec = importlib.util.spec_from_file_location("synthetic_fig2", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_on_two_seeds_writes_sane_numbers(fig2, tmp_path, capsys):
+    argv = ["--seeds", "2", "--epochs", "30", "--n-samples", "1000", "--width", "32"]
+    argv += ["--ft-epochs", "2", "--map-widths", "4", "--map-keeps", "0.5", "--map-seeds", "2"]
+    out = fig2.main([*argv, "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    saved = json.loads((tmp_path / "synthetic_fig2.json").read_text())
+    assert saved["per_seed"] == json.loads(json.dumps(out["per_seed"]))
+    assert saved["table"] in printed  # the JSON holds exactly the printed table
+    records = saved["per_seed"]
+    assert [r["seed"] for r in records] == [0, 1]
+    for r in records:
+        assert r["all_relu"]["relus"] == 96
+        assert all(r[arm]["relus"] == 48 for arm in ("half_linear", "snl_kd", "random_kd"))
+        for arm in fig2.ARMS:
+            assert all(0.0 <= r[arm][m] <= 100.0 for m in fig2.METRICS)
+    # the all-ReLU MLP beats chance (50%) on the minority class and a constant rule (90%)
+    minority = [r["all_relu"]["minority"] for r in records]
+    assert sum(minority) / 2 > 50.0, minority
+    assert all(r["all_relu"]["global"] > 90.0 for r in records)
+    # the summary is the mean of the per-seed numbers, and each row of the table shows it
+    diff = [r["snl_kd"]["minority"] - r["all_relu"]["minority"] for r in records]
+    assert saved["summary"]["diff_snl_kd"]["minority"][0] == pytest.approx(sum(diff) / 2)
+    mean = saved["summary"]["all_relu"]["minority"]
+    assert "| all ReLUs | " in saved["table"] and fig2._fmt(*mean) in saved["table"]
+    (cell,) = saved["capacity_map"]
+    assert (cell["width"], cell["keep"], cell["relus"]) == (4, 0.5, 6)
+    for name in ("synthetic_fig2.png", "synthetic_fig2_capacity.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_excess_minority_loss_by_hand(fig2):
+    base = {"majority": 99.0, "minority": 90.0}
+    arm = {"majority": 98.5, "minority": 85.0}
+    # majority lost 0.5, minority 5.0: the minority lost 4.5 points more
+    assert fig2.excess_minority_loss(arm, base) == pytest.approx(4.5)
