@@ -63,6 +63,7 @@ from tune_linfair.finetune import FinetuneSettings, finetune
 from tune_linfair.linearize import LinearizeSettings, linearize
 from tune_linfair.linearize.budget import resolve_budget
 from tune_linfair.linearize.random_masks import random_linearize
+from tune_linfair.metrics.theorem44 import MASKS, path_check
 from tune_linfair.models import count_relus, create_model, total_relus
 from tune_linfair.models.activation import weight_parameters
 from tune_linfair.train import Batch, evaluate, fit, seed_everything
@@ -100,6 +101,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-widths", type=int, nargs="*", default=[2, 4, 8, 16, 64])
     p.add_argument("--map-keeps", type=float, nargs="*", default=[0.5, 0.25, 0.1])
     p.add_argument("--map-seeds", type=int, default=20, help="seeds of the capacity map")
+    p.add_argument(
+        "--theorem44",
+        action="store_true",
+        help="check Theorem 4.4 along the path base -> linearized (SNL and random arms)",
+    )
     p.add_argument("--plot-seed", type=int, default=0, help="seed drawn in the figure")
     p.add_argument("--dpi", type=int, default=80)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -198,6 +204,10 @@ def run_seed(
         start = time.time()
         models[arm], before = linearize_and_distill(models["all_relu"], data, method, seed, args)
         record[arm] = {**_arm_record(models[arm], data, start), "before_ft": before}
+        if args.theorem44:
+            record[arm]["theorem44"] = path_check(
+                models["all_relu"], models[arm], data.test, data.num_groups, seed=seed
+            )
     return record, data, models
 
 
@@ -235,6 +245,56 @@ def summarize(records: Sequence[dict]) -> dict[str, dict[str, tuple[float, float
             [excess_minority_loss(b, r["all_relu"]) for b, r in zip(before, records)]
         )
     return out
+
+
+def summarize_theorem44(records: Sequence[dict]) -> list[dict]:
+    """Per (arm, masks, group) over seeds: the share of seeds where the bound holds on the
+    whole path, the median first ``t`` where it fails (over the seeds where it does), the
+    median share of the bound used ``E(t) / B(t)`` at the first ``t > 0`` and at ``t = 1``,
+    and the median ``D``."""
+    rows = []
+    for arm in ("snl_kd", "random_kd"):
+        checks = [r[arm]["theorem44"] for r in records if "theorem44" in r[arm]]
+        if not checks:
+            continue
+        for masks in MASKS:
+            for a, group in enumerate(("majority", "minority")):
+                cells = [c["groups"][a][masks] for c in checks]
+                first = np.array([c["first_violation"] for c in cells], dtype=float)
+                rows.append(
+                    {
+                        "arm": arm,
+                        "masks": masks,
+                        "group": group,
+                        "n": len(cells),
+                        "share_holds": float(np.mean(np.isnan(first))),
+                        "median_first_violation": float(np.median(first[~np.isnan(first)]))
+                        if (~np.isnan(first)).any()
+                        else math.nan,
+                        "median_used_first": float(np.median([c["used_first"] for c in cells])),
+                        "median_used_at_1": float(np.median([c["used_at_1"] for c in cells])),
+                        "median_D": float(np.median([c["D"] for c in checks])),
+                    }
+                )
+    return rows
+
+
+def format_theorem44(rows: list[dict]) -> str:
+    """Markdown table of :func:`summarize_theorem44`."""
+    lines = [
+        "| arm | masks along the path | group | seeds where the bound holds for all t "
+        "| median first t where it fails | median E/B at t = 0.05 | median E/B at t = 1 "
+        "| median D |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['arm']} | {r['masks']} | {r['group']} | {r['share_holds'] * r['n']:.0f}/{r['n']} "
+            f"| {r['median_first_violation']:.2f} | {r['median_used_first']:.3g} "
+            f"| {r['median_used_at_1']:.3g} "
+            f"| {r['median_D']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def _fmt(mean: float, half: float) -> str:
@@ -459,6 +519,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 f"minority {_fmt(*c['minority_diff'])}, majority {_fmt(*c['majority_diff'])}",
                 flush=True,
             )
+    theorem44 = summarize_theorem44(records)
+    if theorem44:
+        print(format_theorem44(theorem44), flush=True)
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     payload = {
         "command": " ".join(["python experiments/synthetic_fig2.py", *argv]),
@@ -470,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "summary": _json_summary(summary),
         "table": table,
         "capacity_map": cells,
+        "theorem44": theorem44,
     }
     (args.out / "synthetic_fig2.json").write_text(json.dumps(payload, indent=2))
     return payload
