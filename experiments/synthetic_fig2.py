@@ -32,9 +32,12 @@ and the same for the paired per-seed difference ``arm - all_relu`` and for the e
 of the minority ``(maj_arm - maj_all) - (min_arm - min_all)`` (positive: the minority loses
 more than the majority).
 
-Capacity map (``--map-widths`` x ``--map-keeps``, ``--map-seeds`` seeds): for each width the
-all-ReLU MLP and, for each kept fraction, the from-scratch masked MLP of step 2; each cell is
-the mean excess minority loss with its 95% interval.
+Capacity maps (``--map-widths`` x ``--map-keeps``, ``--map-seeds`` seeds, one per
+``--map-arms``): for each width the all-ReLU MLP and, for each kept fraction, the masked MLP
+trained from scratch as in step 2 (``scratch``) or the all-ReLU MLP linearized and distilled
+as in step 3 (``snl_kd``, ``random_kd``); each cell is the mean excess minority loss with
+its 95% interval. ``--theorem44`` adds the check of
+:mod:`tune_linfair.metrics.theorem44` for the SNL and random arms.
 
 Usage: ``python experiments/synthetic_fig2.py --seeds 20 --out docs/figures``.
 """
@@ -76,6 +79,12 @@ PAPER = {
     "all_relu": {"global": 99.3, "majority": 100.0, "minority": 93.0},
     "half_linear": {"global": 99.0, "majority": None, "minority": 88.0},
 }
+MAP_ARMS = ("scratch", "snl_kd", "random_kd")
+MAP_TITLES = {
+    "scratch": "Trained from scratch",
+    "snl_kd": "SNL + KD from the all-ReLU MLP",
+    "random_kd": "Random masks + KD from the all-ReLU MLP",
+}
 NAMES = {
     "all_relu": "all ReLUs",
     "half_linear": "scratch, {lin}% linear",
@@ -101,6 +110,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-widths", type=int, nargs="*", default=[2, 4, 8, 16, 64])
     p.add_argument("--map-keeps", type=float, nargs="*", default=[0.5, 0.25, 0.1])
     p.add_argument("--map-seeds", type=int, default=20, help="seeds of the capacity map")
+    p.add_argument(
+        "--map-arms",
+        nargs="*",
+        choices=MAP_ARMS,
+        default=["scratch"],
+        help="capacity maps to draw: from scratch, or SNL / random masks + KD",
+    )
     p.add_argument(
         "--theorem44",
         action="store_true",
@@ -155,9 +171,14 @@ def train_mlp(
 
 
 def linearize_and_distill(
-    base: nn.Module, data: GroupedDataset, method: str, seed: int, args: argparse.Namespace
+    base: nn.Module,
+    data: GroupedDataset,
+    method: str,
+    seed: int,
+    keep: float,
+    args: argparse.Namespace,
 ) -> tuple[nn.Module, dict[str, float]]:
-    """Linearize a copy of ``base`` to ``args.keep`` with ``method`` (``snl`` or ``random``),
+    """Linearize a copy of ``base`` to ``keep`` with ``method`` (``snl`` or ``random``),
     then KD-fine-tune it from ``base``; return the student and its test metrics right after
     linearization. SNL constants: those of the ``synthetic`` search space (mask lr 0.01,
     c0 0.01, count checked every 5 steps, batch 64)."""
@@ -165,7 +186,7 @@ def linearize_and_distill(
     for _, weight in weight_parameters(student):  # finetune() leaves its teacher frozen
         weight.requires_grad_(True)
     settings = LinearizeSettings(snl_mask_lr=0.01, c0=0.01, check_every=5, batch_size=64)
-    linearize(method, student, base, data, args.keep, settings=settings, seed=seed)
+    linearize(method, student, base, data, keep, settings=settings, seed=seed)
     before = test_metrics(student, data)
     ft = FinetuneSettings(epochs=args.ft_epochs, lr=args.ft_lr, batch_size=args.batch_size)
     finetune(student, base, data, ft, seed=seed)
@@ -202,7 +223,9 @@ def run_seed(
         record[arm] = {**_arm_record(models[arm], data, start), "best_epoch": best_epoch}
     for arm, method in (("snl_kd", "snl"), ("random_kd", "random")):
         start = time.time()
-        models[arm], before = linearize_and_distill(models["all_relu"], data, method, seed, args)
+        models[arm], before = linearize_and_distill(
+            models["all_relu"], data, method, seed, args.keep, args
+        )
         record[arm] = {**_arm_record(models[arm], data, start), "before_ft": before}
         if args.theorem44:
             record[arm]["theorem44"] = path_check(
@@ -334,48 +357,77 @@ def format_table(summary: dict, n_seeds: int, keep: float) -> str:
     return "\n".join(lines)
 
 
-def capacity_map(args: argparse.Namespace) -> list[dict]:
-    """Excess minority loss of the from-scratch masked MLP, per (width, kept fraction).
+def _map_model(
+    arm: str,
+    data: GroupedDataset,
+    seed: int,
+    keep: float,
+    base: nn.Module,
+    args: argparse.Namespace,
+) -> nn.Module:
+    """The linearized MLP of one capacity-map cell: trained from scratch with ``keep`` of its
+    ReLUs (``scratch``, same init as ``base``), or ``base`` linearized by SNL / random masks
+    and KD-fine-tuned (``snl_kd``, ``random_kd``)."""
+    if arm == "scratch":
+        width = base.head.in_features
+        hyper = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, width=width)
+        return train_mlp(data, seed, keep, **hyper)[0]
+    method = "snl" if arm == "snl_kd" else "random"
+    return linearize_and_distill(base, data, method, seed, keep, args)[0]
 
-    For each seed in ``range(args.map_seeds)`` and width: the all-ReLU MLP and one masked MLP
-    per kept fraction (same init and batch order); each cell holds the per-seed values and
-    the mean ± 95% CI of the excess minority loss and of both groups' differences.
+
+def capacity_map(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Excess minority loss per (width, kept fraction), for each arm in ``args.map_arms``.
+
+    For each seed in ``range(args.map_seeds)`` and width: the all-ReLU MLP, then one
+    linearized MLP per kept fraction and arm (:func:`_map_model`); each cell holds the
+    per-seed values and the mean ± 95% CI of the excess minority loss and of both groups'
+    differences.
     """
-    per_cell: dict[tuple[int, float], list[dict]] = {}
+    per_cell: dict[tuple[str, int, float], list[dict]] = {}
     hyper = dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size)
     for seed in range(args.map_seeds):
         data = get_dataset("synthetic", seed=seed, n_samples=args.n_samples, setting=args.setting)
         for width in args.map_widths:
-            base = test_metrics(train_mlp(data, seed, 1.0, width=width, **hyper)[0], data)
-            for keep in args.map_keeps:
-                model, _ = train_mlp(data, seed, keep, width=width, **hyper)
-                arm = test_metrics(model, data)
-                per_cell.setdefault((width, keep), []).append(
-                    {"seed": seed, "all_relu": base, "masked": arm, "relus": count_relus(model)}
-                )
-    cells = []
-    for (width, keep), rows in per_cell.items():
-        cells.append(
-            {
-                "width": width,
-                "keep": keep,
-                "relus": rows[0]["relus"],
-                "relus_total": 3 * width,
-                "excess": mean_ci([excess_minority_loss(r["masked"], r["all_relu"]) for r in rows]),
-                "minority_diff": mean_ci(
-                    [r["masked"]["minority"] - r["all_relu"]["minority"] for r in rows]
-                ),
-                "majority_diff": mean_ci(
-                    [r["masked"]["majority"] - r["all_relu"]["majority"] for r in rows]
-                ),
-                "all_relu_minority": mean_ci([r["all_relu"]["minority"] for r in rows]),
-                "per_seed": rows,
-            }
-        )
-    return cells
+            base_model, _ = train_mlp(data, seed, 1.0, width=width, **hyper)
+            base = test_metrics(base_model, data)
+            for arm in args.map_arms:
+                for keep in args.map_keeps:
+                    model = _map_model(arm, data, seed, keep, base_model, args)
+                    per_cell.setdefault((arm, width, keep), []).append(
+                        {
+                            "seed": seed,
+                            "all_relu": base,
+                            "masked": test_metrics(model, data),
+                            "relus": count_relus(model),
+                        }
+                    )
+    maps: dict[str, list[dict]] = {arm: [] for arm in args.map_arms}
+    for (arm, width, keep), rows in per_cell.items():
+        maps[arm].append(_cell(width, keep, rows))
+    return maps
 
 
-def plot_capacity_map(cells: list[dict], n_seeds: int, path: Path, dpi: int) -> None:
+def _cell(width: int, keep: float, rows: list[dict]) -> dict:
+    """One capacity-map cell from its per-seed rows."""
+    return {
+        "width": width,
+        "keep": keep,
+        "relus": rows[0]["relus"],
+        "relus_total": 3 * width,
+        "excess": mean_ci([excess_minority_loss(r["masked"], r["all_relu"]) for r in rows]),
+        "minority_diff": mean_ci(
+            [r["masked"]["minority"] - r["all_relu"]["minority"] for r in rows]
+        ),
+        "majority_diff": mean_ci(
+            [r["masked"]["majority"] - r["all_relu"]["majority"] for r in rows]
+        ),
+        "all_relu_minority": mean_ci([r["all_relu"]["minority"] for r in rows]),
+        "per_seed": rows,
+    }
+
+
+def plot_capacity_map(cells: list[dict], arm: str, n_seeds: int, path: Path, dpi: int) -> None:
     """Heat map of the mean excess minority loss (points) over width x kept fraction; each
     cell is annotated with mean ± 95% CI, and starred where the interval excludes 0."""
     import matplotlib
@@ -401,8 +453,8 @@ def plot_capacity_map(cells: list[dict], n_seeds: int, path: Path, dpi: int) -> 
     ax.set_xlabel("fraction of ReLUs kept")
     ax.set_ylabel("MLP width (total ReLUs)")
     ax.set_title(
-        f"Excess minority loss, points (n={n_seeds} seeds; red: minority loses more;\n"
-        "* 95% interval excludes 0)",
+        f"{MAP_TITLES[arm]}: excess minority loss, points\n"
+        f"(n={n_seeds} seeds; red: the minority loses more; * 95% interval excludes 0)",
         fontsize=9,
     )
     fig.colorbar(im, ax=ax, shrink=0.8)
@@ -509,12 +561,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary = summarize(records)
     table = format_table(summary, len(records), args.keep)
     print(table, flush=True)
-    cells = capacity_map(args) if args.map_seeds and args.map_widths and args.map_keeps else []
-    if cells:
-        plot_capacity_map(cells, args.map_seeds, args.out / "synthetic_fig2_capacity.png", args.dpi)
+    maps = capacity_map(args) if args.map_seeds and args.map_widths and args.map_keeps else {}
+    for arm, cells in maps.items():
+        name = (
+            "synthetic_fig2_capacity.png"
+            if arm == "scratch"
+            else f"synthetic_fig2_capacity_{arm}.png"
+        )
+        plot_capacity_map(cells, arm, args.map_seeds, args.out / name, args.dpi)
         for c in cells:
             print(
-                f"capacity width {c['width']} keep {c['keep']:g} ({c['relus']} ReLUs): "
+                f"capacity {arm} width {c['width']} keep {c['keep']:g} ({c['relus']} ReLUs): "
                 f"excess minority loss {_fmt(*c['excess'])}, "
                 f"minority {_fmt(*c['minority_diff'])}, majority {_fmt(*c['majority_diff'])}",
                 flush=True,
@@ -532,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "per_seed": records,
         "summary": _json_summary(summary),
         "table": table,
-        "capacity_map": cells,
+        "capacity_map": maps,
         "theorem44": theorem44,
     }
     (args.out / "synthetic_fig2.json").write_text(json.dumps(payload, indent=2))

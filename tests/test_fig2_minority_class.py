@@ -100,6 +100,7 @@ def fig2():
 def test_script_on_two_seeds_writes_sane_numbers(fig2, tmp_path, capsys):
     argv = ["--seeds", "2", "--epochs", "30", "--n-samples", "1000", "--width", "32"]
     argv += ["--ft-epochs", "2", "--map-widths", "4", "--map-keeps", "0.5", "--map-seeds", "2"]
+    argv += ["--map-arms", "scratch", "snl_kd", "--theorem44"]
     out = fig2.main([*argv, "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     saved = json.loads((tmp_path / "synthetic_fig2.json").read_text())
@@ -121,9 +122,17 @@ def test_script_on_two_seeds_writes_sane_numbers(fig2, tmp_path, capsys):
     assert saved["summary"]["diff_snl_kd"]["minority"][0] == pytest.approx(sum(diff) / 2)
     mean = saved["summary"]["all_relu"]["minority"]
     assert "| all ReLUs | " in saved["table"] and fig2._fmt(*mean) in saved["table"]
-    (cell,) = saved["capacity_map"]
+    assert set(saved["capacity_map"]) == {"scratch", "snl_kd"}
+    (cell,) = saved["capacity_map"]["snl_kd"]
     assert (cell["width"], cell["keep"], cell["relus"]) == (4, 0.5, 6)
-    for name in ("synthetic_fig2.png", "synthetic_fig2_capacity.png"):
+    assert len(saved["theorem44"]) == 8  # 2 arms x 2 mask sets x 2 groups
+    assert all(row["n"] == 2 for row in saved["theorem44"])
+    names = (
+        "synthetic_fig2.png",
+        "synthetic_fig2_capacity.png",
+        "synthetic_fig2_capacity_snl_kd.png",
+    )
+    for name in names:
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -62,7 +62,7 @@ def test_half_linear_arm_keeps_exactly_half_and_main_writes_outputs(fig2, tmp_pa
     png = tmp_path / "synthetic_fig2.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 150_000
     assert "| all ReLUs |" in saved["table"] and "scratch, 50% linear" in saved["table"]
-    assert saved["capacity_map"] == [] and saved["config"]["setting"] == "cluster"
+    assert saved["capacity_map"] == {} and saved["config"]["setting"] == "cluster"
 
 
 def test_mean_ci_matches_t_interval(fig2):
