@@ -69,7 +69,7 @@ from tune_linfair.linearize.random_masks import random_linearize
 from tune_linfair.metrics.theorem44 import MASKS, path_check
 from tune_linfair.models import count_relus, create_model, total_relus
 from tune_linfair.models.activation import weight_parameters
-from tune_linfair.train import Batch, evaluate, fit, seed_everything
+from tune_linfair.train import Batch, NonFiniteLossError, evaluate, fit, seed_everything
 
 ARMS = ("all_relu", "half_linear", "snl_kd", "random_kd")
 LINEARIZED = ARMS[1:]
@@ -393,15 +393,13 @@ def capacity_map(args: argparse.Namespace) -> dict[str, list[dict]]:
             base = test_metrics(base_model, data)
             for arm in args.map_arms:
                 for keep in args.map_keeps:
-                    model = _map_model(arm, data, seed, keep, base_model, args)
-                    per_cell.setdefault((arm, width, keep), []).append(
-                        {
-                            "seed": seed,
-                            "all_relu": base,
-                            "masked": test_metrics(model, data),
-                            "relus": count_relus(model),
-                        }
-                    )
+                    row = {"seed": seed, "all_relu": base, "diverged": False}
+                    try:
+                        model = _map_model(arm, data, seed, keep, base_model, args)
+                        row.update(masked=test_metrics(model, data), relus=count_relus(model))
+                    except NonFiniteLossError:  # a diverged fine-tune is an outcome, kept
+                        row.update(masked=None, diverged=True)
+                    per_cell.setdefault((arm, width, keep), []).append(row)
     maps: dict[str, list[dict]] = {arm: [] for arm in args.map_arms}
     for (arm, width, keep), rows in per_cell.items():
         maps[arm].append(_cell(width, keep, rows))
@@ -409,11 +407,15 @@ def capacity_map(args: argparse.Namespace) -> dict[str, list[dict]]:
 
 
 def _cell(width: int, keep: float, rows: list[dict]) -> dict:
-    """One capacity-map cell from its per-seed rows."""
+    """One capacity-map cell from its per-seed rows; seeds whose fine-tune diverged (NaN
+    loss) are counted in ``n_diverged`` and left out of the means."""
+    all_rows, rows = rows, [r for r in rows if not r["diverged"]]
     return {
         "width": width,
         "keep": keep,
-        "relus": rows[0]["relus"],
+        "n": len(rows),
+        "n_diverged": len(all_rows) - len(rows),
+        "relus": rows[0]["relus"] if rows else math.nan,
         "relus_total": 3 * width,
         "excess": mean_ci([excess_minority_loss(r["masked"], r["all_relu"]) for r in rows]),
         "minority_diff": mean_ci(
@@ -422,8 +424,8 @@ def _cell(width: int, keep: float, rows: list[dict]) -> dict:
         "majority_diff": mean_ci(
             [r["masked"]["majority"] - r["all_relu"]["majority"] for r in rows]
         ),
-        "all_relu_minority": mean_ci([r["all_relu"]["minority"] for r in rows]),
-        "per_seed": rows,
+        "all_relu_minority": mean_ci([r["all_relu"]["minority"] for r in all_rows]),
+        "per_seed": all_rows,
     }
 
 
@@ -444,7 +446,8 @@ def plot_capacity_map(cells: list[dict], arm: str, n_seeds: int, path: Path, dpi
         mean, half = c["excess"]
         grid[i, j] = mean
         star = "*" if not math.isnan(half) and abs(mean) > half else ""
-        label = f"{mean:+.1f}{star}\n±{half:.1f}\n({c['relus']} ReLUs)"
+        diverged = f", {c['n_diverged']} div." if c["n_diverged"] else ""
+        label = f"{mean:+.1f}{star}\n±{half:.1f}\n({c['relus']} ReLUs{diverged})"
         ax.text(j, i, label, ha="center", va="center", fontsize=7)
     lim = max(1.0, float(np.nanmax(np.abs(grid))))
     im = ax.imshow(grid, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
@@ -573,7 +576,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             print(
                 f"capacity {arm} width {c['width']} keep {c['keep']:g} ({c['relus']} ReLUs): "
                 f"excess minority loss {_fmt(*c['excess'])}, "
-                f"minority {_fmt(*c['minority_diff'])}, majority {_fmt(*c['majority_diff'])}",
+                f"minority {_fmt(*c['minority_diff'])}, majority {_fmt(*c['majority_diff'])}, "
+                f"n {c['n']} ({c['n_diverged']} diverged)",
                 flush=True,
             )
     theorem44 = summarize_theorem44(records)
