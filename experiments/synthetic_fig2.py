@@ -223,9 +223,15 @@ def run_seed(
         record[arm] = {**_arm_record(models[arm], data, start), "best_epoch": best_epoch}
     for arm, method in (("snl_kd", "snl"), ("random_kd", "random")):
         start = time.time()
-        models[arm], before = linearize_and_distill(
-            models["all_relu"], data, method, seed, args.keep, args
-        )
+        try:
+            models[arm], before = linearize_and_distill(
+                models["all_relu"], data, method, seed, args.keep, args
+            )
+        except NonFiniteLossError:  # a diverged fine-tune is an outcome: NaN, counted
+            models.pop(arm, None)
+            nan = {m: math.nan for m in METRICS}
+            record[arm] = {**nan, "diverged": True, "before_ft": nan}
+            continue
         record[arm] = {**_arm_record(models[arm], data, start), "before_ft": before}
         if args.theorem44:
             record[arm]["theorem44"] = path_check(
@@ -236,8 +242,10 @@ def run_seed(
 
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """Mean and half-width of its ``level`` confidence interval,
-    ``t_{(1+level)/2, n-1} * sd / sqrt(n)`` (sample sd, ddof 1); NaN half-width for n < 2."""
+    ``t_{(1+level)/2, n-1} * sd / sqrt(n)`` (sample sd, ddof 1); NaN half-width for n < 2.
+    NaN values (runs whose fine-tune diverged) are left out."""
     x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
     if len(x) < 2:
         return float(x.mean()) if len(x) else math.nan, math.nan
     half = stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
@@ -497,6 +505,9 @@ def plot_regions(
     colors = ("#3b6fb6", "#d1495b")
     fig, axes = plt.subplots(2, 2, figsize=(10, 8), sharex=True, sharey=True)
     for ax, arm in zip(axes.flat, ARMS):
+        if arm not in models:  # its fine-tune diverged
+            ax.set_title(f"{arm}: fine-tune diverged", fontsize=9)
+            continue
         model = models[arm].eval()
         with torch.no_grad():
             pred = model((grid - mean) / std).argmax(1).reshape(g1.shape)
@@ -564,6 +575,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     summary = summarize(records)
     table = format_table(summary, len(records), args.keep)
     print(table, flush=True)
+    for arm in ("snl_kd", "random_kd"):
+        diverged = sum(bool(r[arm].get("diverged")) for r in records)
+        if diverged:
+            print(f"{arm}: KD fine-tune diverged (NaN loss) on {diverged} of {len(records)} seeds")
     maps = capacity_map(args) if args.map_seeds and args.map_widths and args.map_keeps else {}
     for arm, cells in maps.items():
         name = (

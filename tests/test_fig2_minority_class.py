@@ -141,3 +141,9 @@ def test_excess_minority_loss_by_hand(fig2):
     arm = {"majority": 98.5, "minority": 85.0}
     # majority lost 0.5, minority 5.0: the minority lost 4.5 points more
     assert fig2.excess_minority_loss(arm, base) == pytest.approx(4.5)
+
+
+def test_mean_ci_leaves_out_diverged_runs(fig2):
+    mean, half = fig2.mean_ci([1.0, float("nan"), 3.0])
+    # n = 2 after the NaN is dropped: sd = sqrt(2), t_{0.975, 1} = 12.7062
+    assert mean == pytest.approx(2.0) and half == pytest.approx(12.706205 * 2**0.5 / 2**0.5)
