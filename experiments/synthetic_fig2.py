@@ -39,7 +39,11 @@ as in step 3 (``snl_kd``, ``random_kd``); each cell is the mean excess minority 
 its 95% interval. ``--theorem44`` adds the check of
 :mod:`tune_linfair.metrics.theorem44` for the SNL and random arms.
 
-Usage: ``python experiments/synthetic_fig2.py --seeds 20 --out docs/figures``.
+Usage (the recorded run, docs/REPRODUCTION.md section 1; ~10 min on one CPU thread, ~4.5 min
+with the default ``--map-arms scratch``)::
+
+    python experiments/synthetic_fig2.py --seeds 20 --theorem44 \
+        --map-arms scratch snl_kd random_kd --out docs/figures
 """
 
 from __future__ import annotations
@@ -94,7 +98,8 @@ NAMES = {
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Command-line options (defaults are the recorded run's)."""
+    """Command-line options (defaults are the recorded run's, which added ``--theorem44``
+    and ``--map-arms scratch snl_kd random_kd``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=20, help="number of seeds 0..n-1")
     p.add_argument("--out", type=Path, default=Path("docs/figures"), help="output folder")
