@@ -1,4 +1,4 @@
-"""experiments/synthetic_fig2.py (paper Figure 2) on a few seeds: real training, robust claims.
+"""experiments/synthetic_fig2.py (paper Figure 2) on a few seeds, ``cluster`` setting.
 
 Only what holds on every seed tried is asserted: the all-ReLU MLP is far above chance and
 the minority (near the bump's tip) is harder than the majority. The size of the extra drop
@@ -50,15 +50,19 @@ def test_half_linear_arm_keeps_exactly_half_and_main_writes_outputs(fig2, tmp_pa
     fresh = create_model("mlp", 2, (2,), width=64)
     assert count_relus(fresh) == 192  # the all-ReLU arm's starting point
 
-    out = fig2.main(["--seeds", "2", "--epochs", "2", "--n-samples", "400", "--out", str(tmp_path)])
+    argv = ["--seeds", "2", "--epochs", "2", "--ft-epochs", "1", "--n-samples", "400"]
+    argv += ["--setting", "cluster", "--map-seeds", "0", "--out", str(tmp_path)]
+    out = fig2.main(argv)
     saved = json.loads((tmp_path / "synthetic_fig2.json").read_text())
     assert saved["per_seed"] == json.loads(json.dumps(out["per_seed"]))
     assert [r["seed"] for r in saved["per_seed"]] == [0, 1]
     for r in saved["per_seed"]:
         assert r["all_relu"]["relus"] == 192 and r["half_linear"]["relus"] == 96
+        assert r["snl_kd"]["relus"] == 96 and r["random_kd"]["relus"] == 96
     png = tmp_path / "synthetic_fig2.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 150_000
-    assert "| all ReLUs |" in saved["table"] and "50% linearized" in saved["table"]
+    assert "| all ReLUs |" in saved["table"] and "scratch, 50% linear" in saved["table"]
+    assert saved["capacity_map"] == {} and saved["config"]["setting"] == "cluster"
 
 
 def test_mean_ci_matches_t_interval(fig2):
