@@ -322,8 +322,11 @@ def test_finetune_end_to_end_digits(digits, base_and_linearized, kw):
     student = copy.deepcopy(lin)
     start = evaluate(student, digits.val)
     settings = FinetuneSettings(epochs=5, lr=3e-3, batch_size=64, **kw)
+    flags = [p.requires_grad for p in base.parameters()]
     res = finetune(student, base, digits, settings, seed=0)
     assert len(res.history) == 5
+    # the teacher's flags are left as they were: the base can seed another student
+    assert [p.requires_grad for p in base.parameters()] == flags
     for (name, before), after in zip(lin.named_parameters(), student.parameters()):
         # masks stay frozen; every weight is trained
         assert torch.equal(before, after) == name.endswith(".mask"), name

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tune_linfair.config import list_spaces, load_space
+from tune_linfair.spaces import list_spaces, load_space
 
 PAPER_SCALE = [
     "cifar10_resnet18_snl",

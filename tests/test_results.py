@@ -148,6 +148,8 @@ def make_trial(
         "est_online_latency_s": relu * 21.8e-6,
         "est_online_comm_mb": relu * 1184 / 1e6,
         "est_offline_storage_mb": relu * 17072 / 1e6,
+        "est_online_latency_total_s": None,
+        "est_online_comm_total_mb": None,
         "wall_time_s": 1.5,
         "status": "ok",
         "error": None,

@@ -55,9 +55,10 @@ class TeacherLogits:
     """
 
     def __init__(self, teacher: nn.Module, train: Split, augmented: bool) -> None:
+        # Frozen by construction: its forward runs under no_grad (below) and nothing steps
+        # its parameters; their requires_grad flags are left as they were, so the same
+        # base model can later be copied into another student.
         self.teacher = teacher.eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
         self.cache = None if augmented else evaluate(teacher, train).logits
 
     @torch.no_grad()

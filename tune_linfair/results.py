@@ -123,6 +123,12 @@ TRIALS_SCHEMA: pa.Schema = _schema(
         ("est_online_latency_s", _F, "estimated online private-inference latency (s)"),
         ("est_online_comm_mb", _F, "estimated online communication (MB)"),
         ("est_offline_storage_mb", _F, "estimated offline garbled-circuit storage (MB)"),
+        (
+            "est_online_latency_total_s",
+            _F,
+            "online latency with the network's linear part, where measured (resnet18 32x32)",
+        ),
+        ("est_online_comm_total_mb", _F, "online communication with the linear part (MB)"),
         ("wall_time_s", _F, "wall-clock time of the trial (s)"),
         ("status", _S, "ok or failed"),
         ("error", _S, "reason of the failure (null when ok)"),

@@ -32,6 +32,7 @@ from tune_linfair.linearize import linearize
 from tune_linfair.linearize.budget import resolve_budget
 from tune_linfair.linearize.deepreduce import select_config
 from tune_linfair.metrics import diagnose, pi_cost, weight_distance
+from tune_linfair.metrics.cost import cost_model_for
 from tune_linfair.models import count_relus, create_model, save_checkpoint, total_relus
 from tune_linfair.models.checkpoint import load_model
 from tune_linfair.pretrain import pretrain
@@ -294,7 +295,11 @@ def run_trial(
         "relu_total": lin.meta["relu_total"],
         "relu_fraction": relu_count / lin.meta["relu_total"],
         "weight_distance": weight_distance(student, teacher),
-        **pi_cost(relu_count),
+        **pi_cost(
+            relu_count,
+            cost_model_for(exp.model.name, data.input_shape),
+            include_linear=True,
+        ),
         "checkpoint_path": str(checkpoint),
         "base_key": base.key,
         "lin_key": lin.key,

@@ -237,6 +237,8 @@ MEASURED: tuple[str, ...] = (
     "est_online_latency_s",
     "est_online_comm_mb",
     "est_offline_storage_mb",
+    "est_online_latency_total_s",
+    "est_online_comm_total_mb",
     "checkpoint_path",
     "base_key",
     "lin_key",

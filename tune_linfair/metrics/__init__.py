@@ -23,6 +23,12 @@ _EXPORTS: dict[str, str] = {
     "geometric_distance": "boundary",
     "weight_distance": "distance",
     "pi_cost": "cost",
+    "CostModel": "cost",
+    "CRYPTONITE": "cost",
+    "CRYPTONITE_RESNET18": "cost",
+    "cost_model_for": "cost",
+    "load_cost_model": "cost",
+    "path_check": "theorem44",
     "ONLINE_LATENCY_S_PER_RELU": "cost",
     "ONLINE_COMM_BYTES_PER_RELU": "cost",
     "OFFLINE_STORAGE_BYTES_PER_RELU": "cost",
@@ -33,6 +39,9 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "CRYPTONITE",
+    "CRYPTONITE_RESNET18",
+    "CostModel",
     "GROUP_ROW_KEYS",
     "OFFLINE_STORAGE_BYTES_PER_RELU",
     "ONLINE_COMM_BYTES_PER_RELU",
@@ -44,6 +53,9 @@ __all__ = [
     "geometric_distance",
     "group_gradient_norms",
     "group_hessian_top_eigenvalues",
+    "cost_model_for",
+    "load_cost_model",
+    "path_check",
     "pi_cost",
     "power_iteration",
     "softmax_margin",
@@ -53,9 +65,14 @@ __all__ = [
 if TYPE_CHECKING:
     from tune_linfair.metrics.boundary import geometric_distance, softmax_margin
     from tune_linfair.metrics.cost import (
+        CRYPTONITE,
+        CRYPTONITE_RESNET18,
         OFFLINE_STORAGE_BYTES_PER_RELU,
         ONLINE_COMM_BYTES_PER_RELU,
         ONLINE_LATENCY_S_PER_RELU,
+        CostModel,
+        cost_model_for,
+        load_cost_model,
         pi_cost,
     )
     from tune_linfair.metrics.distance import weight_distance
@@ -68,6 +85,7 @@ if TYPE_CHECKING:
     from tune_linfair.metrics.gradients import group_gradient_norms
     from tune_linfair.metrics.groups import GroupMetrics
     from tune_linfair.metrics.hessian import group_hessian_top_eigenvalues, power_iteration
+    from tune_linfair.metrics.theorem44 import path_check
 
 
 def __getattr__(name: str) -> Any:
