@@ -344,7 +344,7 @@ def analyse(run_dirs: list[Path], out_dir: Path) -> dict:
         "# The paper's claims, tested",
         "",
         f"Runs: {', '.join(result['runs'])}.",
-        f"Minority groups (fewer validation samples than the mean): {sorted(minority)}.",
+        f"Minority groups (fewer training samples than the mean): {sorted(minority)}.",
         "",
     ]
     plain = {}

@@ -8,7 +8,7 @@ Writes ``--out`` (default ``RUN/analysis/report.md``) with: the command that pro
 run (``RUN/command.txt``, written by the sweep driver), one row per configuration (means
 over seeds with 95% Student-t intervals, from the configs table), how well validation ranks
 the configurations as test does (Spearman), the per-group relative test drops with 95%
-intervals (over seeds; with one seed, the bootstrap interval over the group's samples), the
+intervals (over seeds; with one seed, the Wilson interval over the group's samples), the
 Pareto set and hypervolumes (from pareto.py), every figure (from figures.py), and the software
 versions (``RUN/versions.json`` if present, plus this analysis environment's). Figures and
 Pareto outputs are read from ``figures/`` and ``pareto/`` next to the report and produced
@@ -84,24 +84,25 @@ def config_summary(configs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def group_drops(ok: pd.DataFrame, groups: pd.DataFrame | None) -> pd.DataFrame | None:
-    """Relative test drop (%) per group (columns) per configuration: mean over seeds ±95%
-    Student-t half-width; with one seed, that seed's bootstrap interval over the group's
-    samples."""
+def group_drops(
+    ok: pd.DataFrame, groups: pd.DataFrame | None, column: str = "relative_drop", scale: float = 1
+) -> pd.DataFrame | None:
+    """``column`` on the test split (the relative drop in %, or accuracy with ``scale`` 100)
+    per group (columns) per configuration: mean over seeds ±95% Student-t half-width; with one
+    seed, that seed's Wilson interval over the group's samples."""
     if groups is None:
         return None
     gf = group_frame(ok, groups, "finetuned", "test")
-    if gf.empty or gf["relative_drop"].isna().all():
+    if gf.empty or gf[column].isna().all():
         return None
+    cols = (column, f"{column}_ci_low", f"{column}_ci_high")
+    gf = gf.assign(**{c: scale * gf[c].astype(float) for c in cols})
     by = ["method", "mitigation", "budget", "config_id"]
     cells = []
     for key, sub in gf.groupby([*by, "group"], dropna=False, sort=True):
-        mean, _, low, _ = t_interval(sub["relative_drop"].astype(float))
+        mean, _, low, _ = t_interval(sub[column].astype(float))
         if len(sub) == 1:
-            lo, hi = (
-                float(sub["relative_drop_ci_low"].iloc[0]),
-                float(sub["relative_drop_ci_high"].iloc[0]),
-            )
+            lo, hi = float(sub[cols[1]].iloc[0]), float(sub[cols[2]].iloc[0])
             cell = f"{mean:.1f} [{lo:.1f}, {hi:.1f}]" if np.isfinite(lo) else f"{mean:.1f}"
         else:
             cell = _pm(mean, low, digits=1)
@@ -169,13 +170,17 @@ def build_report(run_dir: Path, out_file: Path, *, refresh: bool = False) -> Pat
     drops = group_drops(ok, groups)
     lines += [
         "`100 * (acc_base - acc) / acc_base` per group after fine-tuning; mean over seeds "
-        "±95% half-width (one seed: [bootstrap interval])."
+        "±95% half-width (one seed: [Wilson interval])."
         if drops is not None
         else "No per-group rows in the run.",
         "",
     ]
     if drops is not None:
         lines += [markdown_table(drops), ""]
+    accuracy = group_drops(ok, groups, "accuracy", 100)
+    if accuracy is not None:
+        lines += ["## Per-group accuracy (test, %)", "", "Same layout.", ""]
+        lines += [markdown_table(accuracy), ""]
     lines += [
         "## Pareto set",
         "",

@@ -384,3 +384,23 @@ def test_diagnose_records():
             assert math.isnan(row[key])
     assert all(math.isnan(row["geometric_distance"]) for row in bare.sample_rows)
     assert all(0.0 <= row["margin"] <= 1.0 for row in bare.sample_rows)
+
+
+def test_group_intervals_are_wilson_and_map_to_the_drop() -> None:
+    from scipy import stats
+
+    # group 0: 36 of 36 right (a bootstrap would collapse here), group 1: 30 of 36
+    y = [0] * 72
+    pred = [0] * 36 + [0] * 30 + [1] * 6
+    g = [0] * 36 + [1] * 36
+    m = GroupMetrics.from_predictions(y, pred, g, ["a", "b"])
+    ci = m.intervals([100.0, 90.0])
+    for a, k in ((0, 36), (1, 30)):
+        expect = stats.binomtest(k, 36).proportion_ci(confidence_level=0.95, method="wilson")
+        assert ci["accuracy_ci_low"].iloc[a] == pytest.approx(100 * expect.low)
+        assert ci["accuracy_ci_high"].iloc[a] == pytest.approx(100 * expect.high)
+    assert ci["accuracy_ci_low"].iloc[0] < 100.0  # not a point at 100% correct
+    low, high = ci["accuracy_ci_low"].iloc[1], ci["accuracy_ci_high"].iloc[1]
+    assert ci["relative_drop_ci_low"].iloc[1] == pytest.approx(100 * (90 - high) / 90)
+    assert ci["relative_drop_ci_high"].iloc[1] == pytest.approx(100 * (90 - low) / 90)
+    assert m.intervals()["relative_drop_ci_low"].isna().all()  # no base, no drop

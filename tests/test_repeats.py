@@ -163,3 +163,22 @@ def test_rank_agreement_is_spearman_over_ok_configurations() -> None:
     expect = stats.spearmanr([1, 2, 3, 4, 5], [2, 1, 4, 3, 6]).statistic
     assert agree["spearman_worst_group_drop"] == pytest.approx(expect)
     assert agree["configurations"] == 5
+
+
+def test_configs_file_has_the_schema_and_round_trips(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    trials = pd.DataFrame([_trial("a", s, 0.9 - 0.01 * s, 3.0 + s) for s in range(3)])
+    written = aggregate.write_configs(tmp_path, trials)
+    path = aggregate.configs_file(tmp_path)
+    assert pq.read_schema(path).remove_metadata().equals(aggregate.CONFIGS_SCHEMA.remove_metadata())
+    assert not list(path.parent.glob(".*"))  # written atomically: no temporary file left
+    loaded = aggregate.load_configs(tmp_path)
+    assert loaded["val_accuracy_mean"].tolist() == pytest.approx(
+        written["val_accuracy_mean"].tolist()
+    )
+    assert loaded["pareto"].tolist() == [True] and str(loaded["n_seeds"].dtype) == "int64"
+    for field in aggregate.CONFIGS_SCHEMA:
+        assert field.metadata[b"description"], field.name
+    with pytest.raises(UserError, match="no configs table"):
+        aggregate.load_configs(tmp_path / "elsewhere")

@@ -11,7 +11,13 @@ import torch
 from tune_linfair.cache import base_key
 from tune_linfair.models import count_relus, total_relus
 from tune_linfair.spaces import load_space
-from tune_linfair.stages import load_artifact_model, load_data, run_base, run_linearize
+from tune_linfair.stages import (
+    data_options,
+    load_artifact_model,
+    load_data,
+    run_base,
+    run_linearize,
+)
 from tune_linfair.train import evaluate
 
 
@@ -34,14 +40,19 @@ def test_digits_base_reaches_90_percent_and_is_reused(cache: Path) -> None:
     # same key: reused, not retrained
     stamp = (base.path / "model.pt").stat().st_mtime_ns
     again, computed_again = run_base(exp, 0, cache)
-    assert not computed_again and again.key == base.key == base_key(exp, 0)
+    assert not computed_again and again.key == base.key == base_key(exp, 0, data_options(exp))
     assert (again.path / "model.pt").stat().st_mtime_ns == stamp
     # a different seed or recipe is a different key
-    assert base_key(exp, 1) != base.key
+    assert base_key(exp, 1, data_options(exp)) != base.key
+    # the split protocol is part of the data's identity, default or not
+    earlier = load_space("default", ["data.options.balanced_val=false"]).experiment
+    assert base_key(earlier, 0, data_options(earlier)) != base.key
+    explicit = load_space("default", ["data.options.balanced_val=true"]).experiment
+    assert base_key(explicit, 0, data_options(explicit)) == base.key
     other = load_space(
         "default", ["base.epochs=3", "diagnostics.hessian_max_samples=16"]
     ).experiment
-    assert base_key(other, 0) != base.key
+    assert base_key(other, 0, data_options(other)) != base.key
     # base diagnostics are stored with it (gradients and Hessians at the base weights)
     rows = [r for r in base.meta["groups"] if r["split"] == "test"]
     assert len(rows) == 10 and all(r["grad_norm"] > 0 for r in rows)

@@ -170,8 +170,10 @@ def test_every_section_is_validated_one_way(section, values, message) -> None:
 def test_settings_coerce_yaml_numbers() -> None:
     settings = build(FinetuneSettings, {"lr": 1, "mu": 0}, "finetune")
     assert isinstance(settings.lr, float) and settings.lr == 1.0
-    space = load_space("default", ["diagnostics.splits=[test]", "base.milestones=[0.5]"])
-    assert space.experiment.diagnostics.splits == ("test",)
+    space = load_space("default", ["diagnostics.splits=[val]", "base.milestones=[0.5]"])
+    assert space.experiment.diagnostics.splits == ("val",)
+    with pytest.raises(UserError, match="diagnostics.splits must include val"):
+        load_space("default", ["diagnostics.splits=[test]"])
     assert space.experiment.base.milestones == (0.5,)
     with pytest.raises(UserError, match="unknown diagnostics.splits 'train'"):
         load_space("default", ["diagnostics.splits=[train]"])
@@ -196,3 +198,16 @@ def test_fine_tuned_checkpoint_records_params_and_multipliers(tmp_path: Path) ->
     row = outcome.trial_row
     assert row["mu"] == 0.5 and row["epsilon"] is None and row["status"] == "ok"
     assert 0.0 <= row["val_accuracy"] <= 1.0 and row["relu_count"] == 384
+
+
+def test_a_constant_mitigation_still_gets_its_knob_sampled() -> None:
+    search = {
+        "method": "snl",
+        "budget": 0.1,
+        "mitigation": "lagrangian",
+        "mu": {"low": 0.01, "high": 0.3},
+    }
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    constants = suggest(trial, search, default_mitigation="none")
+    assert constants["mitigation"] == "lagrangian" and 0.01 <= trial.params["mu"] <= 0.3

@@ -7,7 +7,9 @@ seed = data split, base model, linearization and fine-tuning order). One trials 
 seed; :func:`configs_table` aggregates them into one row per configuration:
 
 - ``n_seeds`` (ok seeds), ``n_failed``, ``status``: ``ok`` when every seed ran and none
-  failed, ``failed`` when one did (Optuna was told FAIL, never a partial mean);
+  failed, ``failed`` when one did (Optuna was told FAIL, never a partial mean),
+  ``incomplete`` when it has fewer seeds than the run's other configurations (a sweep
+  stopped early);
 - for each of :data:`METRICS`: mean, standard deviation (ddof 1) and a 95% interval,
   ``mean -/+ t_{0.975, n-1} * std / sqrt(n)`` (Student t over seeds; NaN with one seed);
 - ``pareto``: non-dominated among the ok configurations on the *means* of the search
@@ -62,7 +64,11 @@ def _configs_schema() -> pa.Schema:
         ("lr", f, "fine-tuning learning rate"),
         ("n_seeds", i, "seeds that ran ok"),
         ("n_failed", i, "seeds that failed"),
-        ("status", s, "ok (every seed ok) or failed (a seed failed)"),
+        (
+            "status",
+            s,
+            "ok (every seed ran ok), failed (a seed failed) or incomplete (seeds missing)",
+        ),
         ("seeds", s, "the ok seeds, JSON list"),
         ("trial_ids", s, "the per-seed trials rows, JSON list"),
     ]
@@ -105,6 +111,7 @@ def configs_table(trials: pd.DataFrame) -> pd.DataFrame:
     df["config_id"] = df["config_id"].astype(object).where(df["config_id"].notna(), df["trial_id"])
     df = df.sort_values("finished_at", kind="stable", na_position="first")
     df = df.drop_duplicates(["config_id", "seed"], keep="last")
+    expected = int(df.groupby("config_id")["seed"].nunique().max()) if len(df) else 0
     rows = []
     for config_id, sub in df.groupby("config_id", sort=False):
         ok = sub[(sub["status"] == "ok").fillna(False).astype(bool)]
@@ -115,7 +122,7 @@ def configs_table(trials: pd.DataFrame) -> pd.DataFrame:
         row.update(
             n_seeds=int(len(ok)),
             n_failed=n_failed,
-            status="ok" if n_failed == 0 and len(ok) else "failed",
+            status="failed" if n_failed else ("ok" if len(ok) == expected else "incomplete"),
             seeds=json.dumps(sorted(int(s) for s in ok["seed"])),
             trial_ids=json.dumps(sorted(str(t) for t in sub["trial_id"])),
         )

@@ -98,10 +98,12 @@ def stable_hash(*parts: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def base_key(exp: ExperimentConfig, seed: int) -> str:
-    """Cache key of a base model: dataset (not its download flag), model, recipe, seed."""
-    data = {k: v for k, v in to_dict(exp.data).items() if k != "download"}
-    return stable_hash("base", data, exp.model, exp.base, seed)
+def base_key(exp: ExperimentConfig, seed: int, data_options: dict[str, Any]) -> str:
+    """Cache key of a base model: dataset (not its download flag) with its *effective*
+    options (``data_options``: the loader's defaults merged with the space's, so a changed
+    default such as the split protocol makes a new key), model, recipe, seed."""
+    data = {k: v for k, v in to_dict(exp.data).items() if k not in ("download", "options")}
+    return stable_hash("base", data, dict(sorted(data_options.items())), exp.model, exp.base, seed)
 
 
 def linearized_key(

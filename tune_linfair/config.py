@@ -289,6 +289,12 @@ class DiagnosticsConfig(Section):
     boundary: bool = True
     samples: bool = True
 
+    def _check(self) -> None:
+        if "val" not in self.splits:
+            raise UserError(
+                f"diagnostics.splits must include val (the search objectives), got {list(self.splits)}"
+            )
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:

@@ -207,3 +207,22 @@ def write_sweep_record(
         except md.PackageNotFoundError:
             pass
     write_json(run.path / "versions.json", versions)
+
+
+def fail_orphan_optuna_trials(run_dir: Path) -> int:
+    """Tell FAIL to every Optuna trial still RUNNING in ``RUN/optuna.journal`` (left by a
+    killed driver; called after a resumed sweep's fit, once the reruns have told theirs)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    journal = run_dir / "optuna.journal"
+    if not journal.exists():
+        return 0
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    failed = 0
+    for summary in optuna.get_all_study_summaries(storage):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            failed += 1
+    return failed

@@ -37,7 +37,7 @@ from tune_linfair.stages import preflight
 from tune_linfair.summary import summarize
 from tune_linfair.trial import SEARCHES, suggest
 
-RESUMED_ARGS = ("trials", "max_concurrent", "max_accuracy_drop", "seed")
+RESUMED_ARGS = ("objective", "trials", "max_concurrent", "max_accuracy_drop", "seed")
 """Options a resumed sweep takes from its record when the command line does not repeat them."""
 
 
@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Search ReLU budgets, the multiplier step mu and the learning rate for "
         "the Pareto front of accuracy vs worst-group accuracy drop vs ReLU count.",
     )
-    p.add_argument("--objective", choices=sorted(SEARCHES), default="pareto")
+    p.add_argument(
+        "--objective",
+        choices=sorted(SEARCHES),
+        help="what to optimize (default pareto; a resumed sweep keeps its own)",
+    )
     p.add_argument("--space", default="default", help="bundled space name or YAML path")
     p.add_argument(
         "--trials", type=int, help="configurations Optuna suggests (default: the space's)"
@@ -130,11 +134,12 @@ def resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, SearchSpace, 
 
 
 def _with_defaults(args: argparse.Namespace, **saved) -> argparse.Namespace:
-    """A copy of ``args`` with the ``saved`` options filled in, and the sampler seed 0
-    when neither gives one."""
+    """A copy of ``args`` with the ``saved`` options filled in, then the defaults of what
+    neither gives: objective ``pareto``, sampler seed 0."""
     values = {**vars(args), **{k: v for k, v in saved.items() if v is not None}}
-    if values.get("seed") is None:
-        values["seed"] = 0
+    for name, default in (("objective", "pareto"), ("seed", 0)):
+        if values.get(name) is None:
+            values[name] = default
     return argparse.Namespace(**values)
 
 
@@ -318,24 +323,6 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
     return searcher
 
 
-def fail_orphan_optuna_trials(run_dir: Path) -> int:
-    """Tell FAIL to every Optuna trial still RUNNING (left by a killed driver)."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    journal = run_dir / "optuna.journal"
-    if not journal.exists():
-        return 0
-    storage = JournalStorage(JournalFileBackend(str(journal)))
-    failed = 0
-    for summary in optuna.get_all_study_summaries(storage):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-            failed += 1
-    return failed
-
-
 def run_sweep(args: argparse.Namespace) -> Path:
     """Validate everything, start Ray, run (or resume) the sweep, summarize. Returns RUN."""
     args, space, record = resolve(args)
@@ -377,6 +364,8 @@ def run_sweep(args: argparse.Namespace) -> Path:
             # Optuna trials left RUNNING by the killed driver stay RUNNING here: the
             # restored searcher tells those whose Tune trials it reruns; the rest are told
             # FAIL after the fit (failing them first would refuse the reruns' results).
+            # Errored trials rerun too: one with a failed row fails again at once
+            # (trainables.search_trial), one that died before writing a row runs.
             tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)
         else:
             tuner = build_tuner(args, space, trainable, run_dir)
@@ -386,7 +375,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
             # Tune stopped with its state saved and reruns the unfinished trials on
             # --resume; their Optuna trials must stay RUNNING until then.
             raise SweepInterrupted(run_dir)
-        orphans = fail_orphan_optuna_trials(run_dir)
+        orphans = rundir.fail_orphan_optuna_trials(run_dir)
         if orphans:
             print(f"marked {orphans} orphan Optuna trial(s) FAIL", flush=True)
     finally:

@@ -36,7 +36,7 @@ import yaml
 
 from tune_linfair.config import ExperimentConfig, build_experiment
 from tune_linfair.errors import UserError, unknown
-from tune_linfair.trial import TRIAL_PARAMS, validate_spec, validate_value
+from tune_linfair.trial import TRIAL_PARAMS, TrialParams, validate_spec, validate_value
 
 _SECTIONS = {
     "name",
@@ -85,10 +85,17 @@ class SearchSpace:
             grid["seed"] = self.seeds
         keys = list(grid)
         fixed = {k: v for k, v in self.search.items() if not isinstance(v, dict) and k not in keys}
-        return [
-            {**fixed, **dict(zip(keys, combo))}
-            for combo in itertools.product(*(grid[k] for k in keys))
-        ]
+        points, seen = [], set()
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            point = {**fixed, **dict(zip(keys, combo))}
+            # points that differ only in a parameter that does not apply (mu of a `none`
+            # trial) are the same trial: run it once
+            same = TrialParams.from_config(point, self.experiment.finetune).as_dict()
+            key = tuple(sorted((k, repr(v)) for k, v in same.items()))
+            if key not in seen:
+                seen.add(key)
+                points.append(point)
+        return points
 
 
 def parse_space(raw: Any, name: str = "space") -> SearchSpace:

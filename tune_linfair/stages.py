@@ -25,7 +25,7 @@ import torch
 
 from tune_linfair.cache import Artifact, base_key, cached, linearized_key
 from tune_linfair.config import ExperimentConfig, to_dict
-from tune_linfair.data import GroupedDataset, get_dataset
+from tune_linfair.data import GroupedDataset, dataset_options, get_dataset
 from tune_linfair.errors import BudgetUnreachable
 from tune_linfair.finetune import finetune
 from tune_linfair.linearize import linearize
@@ -57,6 +57,11 @@ def load_data(
     Loaded once per process and seed."""
     spec = json.dumps(to_dict(exp.data), sort_keys=True)
     return _load_data_cached(spec, seed).to(device)
+
+
+def data_options(exp: ExperimentConfig) -> dict[str, Any]:
+    """The data set's effective options: its loader's defaults with the space's on top."""
+    return {**dataset_options(exp.data.name), **exp.data.options}
 
 
 def load_artifact_model(artifact: Artifact, device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -130,7 +135,7 @@ def run_base(
     Returns ``(artifact, computed)``.
     """
     device = resolve_device(device)
-    key = base_key(exp, seed)
+    key = base_key(exp, seed, data_options(exp))
 
     def compute(path: Path) -> dict:
         start = time.time()

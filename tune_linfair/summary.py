@@ -10,7 +10,6 @@ go further.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from tune_linfair import aggregate, results
+from tune_linfair.cache import write_json
 
 
 def _pm(mean: float, low: float, scale: float = 1.0, digits: int = 1) -> str:
@@ -100,7 +100,7 @@ def summarize(run_dir: Path) -> int:
         if len(seeds) >= 2:
             scale = float(ok["relu_total"].astype(float).max())
             att = aggregate.seed_attainment(trials, scale)
-            (run_dir / "attainment.json").write_text(json.dumps(att, indent=1, default=float))
+            write_json(run_dir / "attainment.json", att)
             low, high = att["hypervolume_ci"]
             print(
                 f"Seeds' fronts: hypervolume {att['hypervolume_mean']:.3f} "

@@ -107,6 +107,10 @@ def search_trial(config: dict, context: SweepContext) -> None:
         # Finished before the driver was killed: report it again, compute nothing.
         tune.report(_objectives(done, context))
         return
+    if done is not None:
+        # Failed before (its failed row and Optuna's FAIL are recorded): a resumed sweep's
+        # rerun fails the same way, so Parquet, the configs table and Optuna agree.
+        raise TrialFailed(f"trial {trial_id} failed before the resume: {done.get('error')}")
     exp = context.experiment()
     params = TrialParams.from_config(trial_values(config), exp.finetune)
     try:

@@ -161,14 +161,16 @@ class TrialParams:
 
 def suggest(trial: Any, search: Mapping[str, Any], default_mitigation: str) -> dict[str, Any]:
     """Optuna define-by-run: sample each searched parameter of ``search`` on ``trial`` (an
-    ``optuna.Trial``), skipping those that do not apply to the sampled mitigation; return
-    the constants. Conditional parameters are sampled last, after the mitigation."""
+    ``optuna.Trial``), skipping those that do not apply to the mitigation (sampled, constant
+    in ``search``, or else ``default_mitigation``); return the constants. Conditional
+    parameters come last, after the mitigation."""
     constants, chosen = {}, {}
     for name, spec in sorted(search.items(), key=lambda kv: kv[0] in APPLIES_TO):
         if not isinstance(spec, dict):
             constants[name] = spec
             continue
-        if not applies(name, chosen.get("mitigation", default_mitigation)):
+        mitigation = chosen.get("mitigation", constants.get("mitigation", default_mitigation))
+        if not applies(name, mitigation):
             continue
         log = bool(spec.get("log"))
         if "choices" in spec:

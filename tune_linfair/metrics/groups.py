@@ -14,9 +14,9 @@ accuracies in percent:
   the ratio is undefined, or when either accuracy is NaN);
 - worst-group drop: ``max_a drop_a`` over groups with a defined drop;
 - accuracy parity gap: ``max_a acc_a - min_a acc_a`` over non-empty groups;
-- 95% intervals of ``acc_a`` and ``drop_a`` (:meth:`GroupMetrics.intervals`): percentile
-  bootstrap over the group's samples (Efron & Tibshirani 1993, ch. 13), the base accuracy
-  held fixed as the reference, so the drop's interval is the accuracy's, mapped.
+- 95% intervals of ``acc_a`` and ``drop_a`` (:meth:`GroupMetrics.intervals`): Wilson's
+  score interval over the group's samples, the base accuracy held fixed as the reference,
+  so the drop's interval is the accuracy's, mapped.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -165,24 +166,29 @@ class GroupMetrics:
         base: GroupMetrics | Sequence[float] | np.ndarray | None = None,
         *,
         level: float = 0.95,
-        n_boot: int = 2000,
-        seed: int = 0,
     ) -> pd.DataFrame:
         """Per group: ``accuracy_ci_low/high`` (%) and, given ``base``, ``relative_drop_ci_low
-        /high`` (%), by the percentile bootstrap over the group's samples.
+        /high`` (%), the ``level`` interval of the group's accuracy over its samples.
 
-        Resampling ``n_a`` samples with replacement makes the number correct
-        Binomial(``n_a``, ``acc_a``): the bootstrap draws it directly (``n_boot`` draws,
-        seeded). NaN for an empty group, and for the drop where it is undefined.
+        Wilson's score interval (Wilson 1927; Brown, Cai & DasGupta, Stat. Sci. 2001) for
+        ``k`` correct of ``n``, ``p = k / n``, ``z`` the normal quantile::
+
+            (p + z^2 / 2n  -/+  z sqrt(p (1 - p) / n + z^2 / 4n^2)) / (1 + z^2 / n)
+
+        The percentile bootstrap over the samples (binomial resampling) collapses to a point
+        when a group is 0% or 100% correct, common for 36-image groups; Wilson's does not.
+        The drop's interval maps the accuracy's with the base accuracy as the fixed
+        reference. NaN for an empty group, and for the drop where it is undefined.
         """
-        rng = np.random.default_rng(seed)
-        n = self.by_group["n"].to_numpy(dtype=np.int64)
-        acc = self.by_group["accuracy"].to_numpy(dtype=np.float64)
-        low, high = np.full(len(n), math.nan), np.full(len(n), math.nan)
-        q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
-        for a in np.flatnonzero(n > 0):
-            draws = 100.0 * rng.binomial(n[a], acc[a] / 100.0, size=n_boot) / n[a]
-            low[a], high[a] = np.percentile(draws, q)
+        z = NormalDist().inv_cdf(0.5 + level / 2)
+        n = self.by_group["n"].to_numpy(dtype=np.float64)
+        p = self.by_group["accuracy"].to_numpy(dtype=np.float64) / 100.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            denom = 1.0 + z**2 / n
+            center = (p + z**2 / (2 * n)) / denom
+            half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+        low = np.where(n > 0, 100.0 * (center - half), math.nan)
+        high = np.where(n > 0, 100.0 * (center + half), math.nan)
         out = pd.DataFrame(
             {"accuracy_ci_low": low, "accuracy_ci_high": high}, index=self.by_group.index
         )
