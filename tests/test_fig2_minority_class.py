@@ -7,9 +7,7 @@ tiny settings, its JSON checked against its printed table.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +23,6 @@ from tune_linfair.errors import UserError
 
 torch.set_num_threads(1)
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "synthetic_fig2.py"
 SPLITS = ("train", "val", "test")
 
 
@@ -86,15 +83,6 @@ def test_seeded_and_setting_checked():
     assert not torch.equal(a.train.x, c.train.x)
     with pytest.raises(UserError, match="class_minority"):
         get_dataset("synthetic", setting="classes")
-
-
-@pytest.fixture(scope="module")
-def fig2():
-    """The experiment script imported as a module (it is not part of the package)."""
-    spec = importlib.util.spec_from_file_location("synthetic_fig2", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_script_on_two_seeds_writes_sane_numbers(fig2, tmp_path, capsys):

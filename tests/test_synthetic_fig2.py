@@ -7,9 +7,7 @@ from linearization is the experiment's question, not a property to test.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,17 +16,6 @@ from tune_linfair.data import get_dataset
 from tune_linfair.models import count_relus, create_model, total_relus
 
 torch.set_num_threads(1)
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "synthetic_fig2.py"
-
-
-@pytest.fixture(scope="module")
-def fig2():
-    """The experiment script imported as a module (it is not part of the package)."""
-    spec = importlib.util.spec_from_file_location("synthetic_fig2", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_all_relu_far_above_chance_and_minority_harder(fig2):

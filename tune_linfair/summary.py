@@ -40,7 +40,7 @@ def front_table(configs: pd.DataFrame) -> pd.DataFrame:
                 return f"{name}={row[name]:.3g}"
         return ""
 
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "config": front["config_id"],
             "method": front["method"],
@@ -49,28 +49,17 @@ def front_table(configs: pd.DataFrame) -> pd.DataFrame:
             "ReLUs": front["relu_count_mean"].map(lambda v: f"{v:.0f}"),
             "lr": front["lr"].map(lambda v: f"{v:.2g}"),
             "n": front["n_seeds"],
-            "val acc %": [
-                _pm(m, lo, 100)
-                for m, lo in zip(front["val_accuracy_mean"], front["val_accuracy_ci_low"])
-            ],
-            "val worst drop %": [
-                _pm(m, lo)
-                for m, lo in zip(
-                    front["val_worst_group_drop_mean"], front["val_worst_group_drop_ci_low"]
-                )
-            ],
-            "test acc %": [
-                _pm(m, lo, 100)
-                for m, lo in zip(front["test_accuracy_mean"], front["test_accuracy_ci_low"])
-            ],
-            "test worst drop %": [
-                _pm(m, lo)
-                for m, lo in zip(
-                    front["test_worst_group_drop_mean"], front["test_worst_group_drop_ci_low"]
-                )
-            ],
         }
     )
+    for metric, label, scale in (
+        ("val_accuracy", "val acc %", 100),
+        ("val_worst_group_drop", "val worst drop %", 1),
+        ("test_accuracy", "test acc %", 100),
+        ("test_worst_group_drop", "test worst drop %", 1),
+    ):
+        pairs = zip(front[f"{metric}_mean"], front[f"{metric}_ci_low"])
+        table[label] = [_pm(m, lo, scale) for m, lo in pairs]
+    return table
 
 
 def summarize(run_dir: Path) -> int:

@@ -50,6 +50,7 @@ split's per-feature mean and std (the original coordinates are recoverable from
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -108,10 +109,15 @@ def distance_to_boundary(points: torch.Tensor, resolution: int = 4001) -> torch.
     return torch.cat(out) if out else torch.empty(0, dtype=points.dtype)
 
 
-def _sample_majority(n: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` points uniform on :data:`MAJORITY_BOX` at distance >= :data:`MARGIN` from the
-    boundary, by rejection in rounds of ``2n`` candidates (about 90% are accepted)."""
-    (lo1, hi1), (lo2, hi2) = MAJORITY_BOX
+def _sample_box(
+    n: int,
+    box: tuple[tuple[float, float], tuple[float, float]],
+    keep: Callable[[torch.Tensor], torch.Tensor],
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """``n`` points uniform on ``box`` for which ``keep(points)`` is True, by rejection in
+    rounds of ``2n`` candidates."""
+    (lo1, hi1), (lo2, hi2) = box
     kept: list[torch.Tensor] = []
     have = 0
     while have < n:
@@ -122,30 +128,24 @@ def _sample_majority(n: int, gen: torch.Generator) -> torch.Tensor:
             ],
             dim=1,
         )
-        cand = cand[distance_to_boundary(cand) >= MARGIN]
+        cand = cand[keep(cand)]
         kept.append(cand)
         have += len(cand)
     return torch.cat(kept)[:n]
+
+
+def _sample_majority(n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` points uniform on :data:`MAJORITY_BOX` at distance >= :data:`MARGIN` from the
+    boundary (about 90% of the candidates are accepted)."""
+    return _sample_box(n, MAJORITY_BOX, lambda c: distance_to_boundary(c) >= MARGIN, gen)
 
 
 def _sample_majority_class(n: int, gen: torch.Generator) -> torch.Tensor:
     """``class_minority``: ``n`` points uniform on :data:`CLASS_MAJORITY_BOX` with
-    ``x2 >= b(x1) + CLASS_MARGIN``, by rejection in rounds of ``2n`` candidates (~90% kept)."""
-    (lo1, hi1), (lo2, hi2) = CLASS_MAJORITY_BOX
-    kept: list[torch.Tensor] = []
-    have = 0
-    while have < n:
-        cand = torch.stack(
-            [
-                lo1 + (hi1 - lo1) * torch.rand(2 * n, generator=gen),
-                lo2 + (hi2 - lo2) * torch.rand(2 * n, generator=gen),
-            ],
-            dim=1,
-        )
-        cand = cand[cand[:, 1] >= boundary(cand[:, 0]) + CLASS_MARGIN]
-        kept.append(cand)
-        have += len(cand)
-    return torch.cat(kept)[:n]
+    ``x2 >= b(x1) + CLASS_MARGIN`` (~90% of the candidates kept)."""
+    return _sample_box(
+        n, CLASS_MAJORITY_BOX, lambda c: c[:, 1] >= boundary(c[:, 0]) + CLASS_MARGIN, gen
+    )
 
 
 def _sample_minority_class(n: int, gen: torch.Generator) -> torch.Tensor:
