@@ -56,6 +56,9 @@ def load_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         _, ok = load_ok_trials(run)
         g = load_groups(run)
         ok = ok.assign(trial_id=run.name + "/" + ok["trial_id"].astype(str))
+        mask = ok["mask_mitigation"] if "mask_mitigation" in ok else None
+        # runs written before mask mitigations existed: every linearization was plain SNL
+        ok = ok.assign(plain_masks=True if mask is None else mask.fillna("none").eq("none"))
         g = g.assign(trial_id=run.name + "/" + g["trial_id"].astype(str))
         trials.append(ok)
         groups.append(g)
@@ -118,8 +121,9 @@ def claim_minority(
     """Claim 1: per (method, budget), minority vs majority mean relative test drop of the
     models at ``stage`` ("finetuned", or "linearized": before fine-tuning)."""
     ft = groups[(groups["stage"] == stage) & (groups["split"] == "test")]
-    ft = ft.merge(trials[["trial_id", "method", "budget", "seed", "mitigation"]], on="trial_id")
-    ft = ft[ft["mitigation"] == "none"]
+    cols = ["trial_id", "method", "budget", "seed", "mitigation", "plain_masks"]
+    ft = ft.merge(trials[cols], on="trial_id")
+    ft = ft[(ft["mitigation"] == "none") & ft["plain_masks"]]
     ft = ft.assign(
         minority=ft["group"].astype(int).isin(minority), drop=as_float(ft["relative_drop"])
     )
@@ -182,9 +186,9 @@ def _rank_claim(
         ["trial_id", "group", "relative_drop"]
     ]
     both = ft.merge(base, on=["trial_id", "group"]).merge(
-        trials[["trial_id", "method", "budget", "mitigation", "seed"]], on="trial_id"
+        trials[["trial_id", "method", "budget", "mitigation", "seed", "plain_masks"]], on="trial_id"
     )
-    both = both[both["mitigation"] == "none"]
+    both = both[(both["mitigation"] == "none") & both["plain_masks"]]
     rhos = []
     for _, sub in both.groupby("trial_id"):
         x, y = as_float(sub[column]), as_float(sub["relative_drop"])
@@ -207,7 +211,9 @@ def _rank_claim(
 
 
 def claim_mitigation(trials: pd.DataFrame) -> dict:
-    """Claim 4: paired (method, budget, seed) differences mitigated - none."""
+    """Claim 4: paired (method, budget, seed) differences mitigated - none (plain SNL masks:
+    the fine-tuning mitigations as the paper has them)."""
+    trials = trials[trials["plain_masks"]]
     cols = ["method", "budget", "seed"]
     pooled: dict[str, dict] = {}
     none = (
@@ -270,6 +276,103 @@ def claim_mitigation(trials: pd.DataFrame) -> dict:
         "pooled_per_seed": pooled,
         "table": table,
     }
+
+
+def arms_vs_plain(trials: pd.DataFrame) -> dict:
+    """Beyond the paper: every (mask mitigation, fine-tune mitigation) arm against plain SNL +
+    plain KD at equal method, budget and seed. Per arm and budget: test accuracy and
+    worst-group drop (mean over seeds with 95% intervals) and the paired differences; pooled
+    per seed over the budgets, the differences tested across seeds (t, with intervals)."""
+    if "mask_mitigation" not in trials or trials["mask_mitigation"].fillna("none").eq("none").all():
+        return {"verdict": "not measured"}
+    df = trials.assign(
+        arm=trials["mask_mitigation"].fillna("none") + " / " + trials["mitigation"].astype(str),
+        acc=100 * as_float(trials["test_accuracy"]),
+        drop=as_float(trials["test_worst_group_drop"]),
+    )
+    keys = ["method", "budget", "seed"]
+    plain = df[df["arm"] == "none / none"].groupby(keys)[["acc", "drop"]].mean()
+    rows, pooled = [], {}
+    for arm, sub in df.groupby("arm", sort=True):
+        means = sub.groupby(keys)[["acc", "drop"]].mean()
+        paired = means.merge(
+            plain, left_index=True, right_index=True, suffixes=("", "_plain")
+        ).dropna()
+        paired = paired.assign(
+            d_acc=paired["acc"] - paired["acc_plain"], d_drop=paired["drop"] - paired["drop_plain"]
+        ).reset_index()
+        for (method, budget), cell in paired.groupby(["method", "budget"]):
+            acc, drop = (
+                across_seeds(cell.set_index("seed")["acc"]),
+                across_seeds(cell.set_index("seed")["drop"]),
+            )
+            d_drop = across_seeds(cell.set_index("seed")["d_drop"])
+            rows.append(
+                {
+                    "arm": arm,
+                    "method": method,
+                    "budget": float(budget),
+                    "seeds": d_drop["seeds"],
+                    "test_acc": acc["mean"],
+                    "test_acc_ci": acc["ci"],
+                    "worst_drop": drop["mean"],
+                    "worst_drop_ci": drop["ci"],
+                    "d_worst_drop": d_drop["mean"],
+                    "d_worst_drop_ci": d_drop["ci"],
+                    "p_t": d_drop["p_t"],
+                    "d_acc": float(cell["d_acc"].mean()),
+                }
+            )
+        if arm != "none / none":
+            per_seed = paired.groupby("seed")[["d_acc", "d_drop"]].mean()
+            pooled[arm] = {
+                "d_worst_drop": across_seeds(per_seed["d_drop"]),
+                "d_accuracy_points": across_seeds(per_seed["d_acc"]),
+            }
+    verdicts = {
+        arm: (
+            "lower worst-group drop (significant)"
+            if _significant(stat["d_worst_drop"], -1)
+            else (
+                "higher worst-group drop (significant)"
+                if _significant(stat["d_worst_drop"], +1)
+                else "no significant difference"
+            )
+        )
+        for arm, stat in pooled.items()
+    }
+    return {"verdict": verdicts, "pooled_per_seed": pooled, "table": pd.DataFrame(rows)}
+
+
+def plot_arms(arms: dict, path: Path) -> Path:
+    """The arms' paired differences against plain SNL (pooled per seed over the budgets,
+    95% intervals): worst-group drop and accuracy, one row per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pooled = arms["pooled_per_seed"]
+    names = sorted(pooled)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.6 * len(names) + 1.6), sharey=True)
+    for ax, key, label in (
+        (axes[0], "d_worst_drop", "change of test worst-group drop (points)"),
+        (axes[1], "d_accuracy_points", "change of test accuracy (points)"),
+    ):
+        mean = [pooled[n][key]["mean"] for n in names]
+        low = [pooled[n][key]["mean"] - pooled[n][key]["ci"][0] for n in names]
+        ax.errorbar(mean, range(len(names)), xerr=low, fmt="o", capsize=3)
+        ax.axvline(0.0, color="k", lw=0.8)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_yticks(
+        range(len(names)), [f"mask {n.replace(' / ', ', fine-tune ')}" for n in names]
+    )
+    fig.suptitle("vs plain SNL + KD at equal budget and seed (mean over seeds, 95% CI)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def theorem_44(trials: pd.DataFrame, groups: pd.DataFrame) -> dict:
@@ -337,6 +440,7 @@ def analyse(run_dirs: list[Path], out_dir: Path) -> dict:
         "claim2_hessian_finetuned": _rank_claim(trials, groups, "hessian_top_eig", +1, "finetuned"),
         "claim3_boundary_margin_base": _rank_claim(trials, groups, "mean_margin", -1),
         "claim4_mitigation": claim_mitigation(trials),
+        "beyond_arms_vs_plain": arms_vs_plain(trials),
         "theorem_4_4": theorem_44(trials, groups),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -364,6 +468,9 @@ def analyse(run_dirs: list[Path], out_dir: Path) -> dict:
             lines.append(markdown_table(value["table"], digits=3))
             plain[key]["table"] = value["table"].to_dict(orient="records")
         lines.append("")
+    arms = result["beyond_arms_vs_plain"]
+    if "pooled_per_seed" in arms:
+        lines += [f"![arms]({plot_arms(arms, out_dir / 'arms.png').name})", ""]
     (out_dir / "claims.md").write_text("\n".join(lines))
     (out_dir / "claims.json").write_text(json.dumps(plain, indent=1, default=float))
     print("\n".join(lines))

@@ -80,6 +80,7 @@ def test_claims_take_one_value_per_seed() -> None:
                     "budget": budget,
                     "seed": seed,
                     "mitigation": "none",
+                    "plain_masks": True,
                 }  # fmt: skip
             )
             for group, drop in (
@@ -117,3 +118,37 @@ def test_across_seeds_matches_scipy() -> None:
     assert test["p_t"] == pytest.approx(stats.ttest_1samp(values, 0.0).pvalue)
     assert test["p_wilcoxon"] == pytest.approx(stats.wilcoxon(values).pvalue)
     assert np.isnan(claims.across_seeds(pd.Series([1.0]))["p_t"])
+
+
+def test_arms_are_paired_with_plain_snl_per_seed() -> None:
+    """Two arms on 3 seeds x 2 budgets: the mask mitigation lowers the worst-group drop by
+    2 + seed / 2 points at both budgets; its pooled test sees 3 values (2, 2.5, 3)."""
+    rows = []
+    for seed in range(3):
+        for budget in (0.05, 0.1):
+            for mask, drop in (("none", 10.0), ("accuracy_gap", 10.0 - (2 + seed / 2))):
+                rows.append(
+                    {
+                        "trial_id": f"{mask}{seed}{budget}",
+                        "method": "snl",
+                        "budget": budget,
+                        "seed": seed,
+                        "mitigation": "none",
+                        "mask_mitigation": mask,
+                        "test_accuracy": 0.9,
+                        "test_worst_group_drop": drop,
+                    }  # fmt: skip
+                )
+    out = claims.arms_vs_plain(pd.DataFrame(rows))
+    pooled = out["pooled_per_seed"]["accuracy_gap / none"]["d_worst_drop"]
+    half = stats.t.ppf(0.975, 2) * np.std([2.0, 2.5, 3.0], ddof=1) / np.sqrt(3)
+    assert pooled["seeds"] == 3 and pooled["mean"] == pytest.approx(-2.5)
+    assert pooled["ci"] == pytest.approx([-2.5 - half, -2.5 + half])
+    assert pooled["p_t"] == pytest.approx(stats.ttest_1samp([-2.0, -2.5, -3.0], 0.0).pvalue)
+    assert out["verdict"]["accuracy_gap / none"] == "lower worst-group drop (significant)"
+    table = out["table"].set_index(["arm", "budget"])
+    assert table.loc[("accuracy_gap / none", 0.05), "d_worst_drop"] == pytest.approx(-2.5)
+    assert table.loc[("none / none", 0.1), "d_worst_drop"] == 0.0
+    assert claims.arms_vs_plain(pd.DataFrame(rows).query("mask_mitigation == 'none'")) == {
+        "verdict": "not measured"
+    }

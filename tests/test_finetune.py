@@ -374,7 +374,61 @@ def test_bad_settings(kw):
 
 
 def test_mitigations_listed():
-    assert MITIGATIONS == ("none", "lagrangian", "accuracy_gap")
+    assert MITIGATIONS == ("none", "lagrangian", "accuracy_gap", "group_dro")
+
+
+def test_group_dro_weights_after_one_step_by_hand():
+    """Sagawa et al. (2020), Algorithm 1 on a batch of 5 samples in groups 0, 0, 1, 2, 2
+    (of 4 groups: group 3 absent): q_a <- q_a exp(eta L(B_a)) / Z from uniform q, then the
+    loss is sum_a q_a L(B_a), with the new weights."""
+    from tune_linfair.mitigation import GroupDRO
+
+    torch.manual_seed(0)
+    z_s = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    z_t = torch.randn(5, 3, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    g = torch.tensor([0, 0, 1, 2, 2])
+    eta, T = 0.5, 4.0
+
+    class Teacher:
+        def __call__(self, batch):
+            return z_t
+
+    dro = GroupDRO(Teacher(), num_groups=4, eta=eta, temperature=T)
+    batch = Batch(x=z_s, y=y, g=g, index=torch.arange(5))
+    loss = dro(lambda x: x, batch)
+    # by hand: per-sample CE + T^2 KL(teacher || student), group means, softmax update
+    p_t = torch.softmax(z_t / T, 1)
+    log_p_s = torch.log_softmax(z_s / T, 1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(1) * T**2
+    ce = -torch.log_softmax(z_s, 1)[torch.arange(5), y]
+    per = ce + kl
+    groups = [
+        per[g == a].mean() if (g == a).any() else torch.tensor(0.0, dtype=torch.float64)
+        for a in range(4)
+    ]
+    losses = torch.stack(groups)
+    q = torch.full((4,), 0.25, dtype=torch.float64) * torch.exp(eta * losses.detach())
+    q = q / q.sum()
+    assert torch.allclose(dro.q, q)
+    assert loss.item() == pytest.approx(float((q * losses).sum().detach()))
+    # the weights are constants for the gradient
+    expect = torch.autograd.grad((q * losses).sum(), z_s)[0]
+    assert torch.allclose(torch.autograd.grad(loss, z_s)[0], expect)
+    assert dro.q[3] < 0.25 and dro.end_epoch()["q_1"] == pytest.approx(float(q[1]))
+
+
+def test_group_dro_fine_tunes_and_weights_the_worst_group(digits, base_and_linearized):
+    base, lin = base_and_linearized
+    student = copy.deepcopy(lin)
+    settings = FinetuneSettings(mitigation="group_dro", eta=0.05, epochs=2, lr=3e-3)
+    res = finetune(student, base, digits, settings, seed=0)
+    q = res.multipliers["q"]
+    assert q.shape == (digits.num_groups,) and torch.isclose(
+        q.sum(), torch.tensor(1.0, dtype=q.dtype)
+    )
+    assert float(q.max()) > 1.0 / digits.num_groups  # moved away from uniform
+    assert res.best_score > 80.0
 
 
 def test_wrong_group_count(digits, base_and_linearized):

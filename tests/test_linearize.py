@@ -38,7 +38,7 @@ from tune_linfair.models import (
     total_relus,
     weight_parameters,
 )
-from tune_linfair.train import evaluate, fit, seed_everything
+from tune_linfair.train import Batch, evaluate, fit, seed_everything
 
 torch.set_num_threads(1)
 
@@ -476,3 +476,82 @@ def test_snl_beats_random_at_small_budget(run_cache, base, digits):
     )
     assert mean[0] > mean[2] + 5.0  # placement alone, before any fine-tuning
     assert all(r[1] > r[3] for r in rows)  # and still after the same fine-tuning, per seed
+
+
+# -- fairness-aware SNL: a group term in the mask-training loss ------------------------------
+def test_mask_training_loss_and_gradient_with_fixed_multipliers_by_hand():
+    """SNL's loss with the lagrangian group term, multipliers fixed, against the formula
+    written out here: L = L(B) + sum_a lambda_a |L(B) - L(B_a)| + c sum|m|, L the mean of
+    CE + T^2 KL. Its gradient reaches the masks and the weights, and the group term changes
+    both (compared with lambda = 0)."""
+    from tune_linfair.mitigation import LagrangianKD
+
+    torch.manual_seed(0)
+    act = LinearizableReLU()
+    student = torch.nn.Sequential(torch.nn.Linear(3, 4), act, torch.nn.Linear(4, 3)).double()
+    teacher = torch.nn.Sequential(torch.nn.Linear(3, 3)).double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    student(x)  # materializes the (4,) mask
+    act.set_trainable()
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    g = torch.tensor([0, 0, 0, 0, 1, 1])
+    batch = Batch(x=x, y=y, g=g, index=torch.arange(6))
+    with torch.no_grad():
+        act.mask.copy_(torch.tensor([1.0, 0.5, 0.2, 0.9]))
+    lambdas, c, T = torch.tensor([0.7, 1.9], dtype=torch.float64), 0.03, 4.0
+
+    class Teacher:
+        def __call__(self, b):
+            return teacher(b.x)
+
+    def library(lam):
+        kd = LagrangianKD(Teacher(), num_groups=2, mu=0.0, temperature=T)
+        kd.load_state_dict({"lambdas": lam})
+        return SNLLoss(kd, c)(student, batch)
+
+    def by_hand(lam):
+        z_s, z_t = student(x), teacher(x).detach()
+        p_t = torch.softmax(z_t / T, 1)
+        kl = (p_t * (p_t.log() - torch.log_softmax(z_s / T, 1))).sum(1) * T**2
+        per = -torch.log_softmax(z_s, 1)[torch.arange(6), y] + kl
+        overall = per.mean()
+        penalty = sum(lam[a] * (overall - per[g == a].mean()).abs() for a in (0, 1))
+        return overall + penalty + c * act.mask.abs().sum()
+
+    params = [act.mask, student[0].weight, student[2].weight]
+    got, expect = library(lambdas), by_hand(lambdas)
+    # the library computes the distillation loss in float32 (kd_per_sample), the hand
+    # formula in float64
+    assert got.item() == pytest.approx(expect.item(), rel=1e-5)
+    grads = torch.autograd.grad(got, params)
+    for a, b in zip(grads, torch.autograd.grad(by_hand(lambdas), params)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    plain = torch.autograd.grad(library(torch.zeros(2, dtype=torch.float64)), params)
+    for with_term, without in zip(grads, plain):
+        assert not torch.allclose(with_term, without)  # the group term reaches masks and weights
+
+
+@pytest.mark.parametrize("mitigation", ["lagrangian", "accuracy_gap"])
+def test_exact_budget_holds_with_the_mask_mitigation(run_cache, base, digits, mitigation):
+    settings = dataclasses.replace(FAST, mask_mitigation=mitigation, mask_mu=0.5, mask_dual_lr=0.05)
+    student, log = run(run_cache, "snl", base, digits, 0.1, settings=settings)
+    assert_binary_frozen(student)
+    assert count_relus(student) == log["relu_count"] == 384
+    lambdas = log["mask_multipliers"]["lambdas"]
+    assert len(lambdas) == 10 and max(lambdas) > 0  # the multipliers moved during mask training
+    plain, _ = run(run_cache, "snl", base, digits, 0.1)
+    masks = lambda m: torch.cat([layer.mask.flatten() for _, layer in linearizable_layers(m)])  # noqa: E731
+    assert not torch.equal(masks(student), masks(plain))  # a different choice of ReLUs
+
+
+def test_cache_keys_differ_by_mask_mitigation():
+    from tune_linfair.cache import linearized_key
+
+    keys = {
+        linearized_key("base0", dataclasses.replace(FAST, mask_mitigation=m), "snl", 0.1, 0)
+        for m in ("none", "lagrangian", "accuracy_gap")
+    }
+    assert len(keys) == 3
+    assert linearized_key("base0", FAST, "snl", 0.1, 0) == linearized_key(
+        "base0", dataclasses.replace(FAST), "snl", 0.1, 0
+    )

@@ -28,6 +28,7 @@ from tune_linfair.trial import (
 )
 
 DEFAULTS = FinetuneSettings(mitigation="none", mu=0.3, epsilon=2.0, lr=1e-3)
+EXP = ExperimentConfig(finetune=DEFAULTS)
 
 
 @pytest.mark.parametrize(
@@ -36,23 +37,29 @@ DEFAULTS = FinetuneSettings(mitigation="none", mu=0.3, epsilon=2.0, lr=1e-3)
 )
 def test_parameters_apply_only_to_their_mitigation(mitigation, mu, epsilon) -> None:
     values = {"method": "snl", "budget": 0.1, "mitigation": mitigation, "mu": 0.1, "epsilon": 1.5}
-    params = TrialParams.from_config(values, DEFAULTS)
+    params = TrialParams.from_config(values, EXP)
     assert (params.mu, params.epsilon) == (mu, epsilon)
     settings = params.finetune_settings(DEFAULTS)
     assert settings.mitigation == mitigation
     # what does not apply keeps the space's default, unused by that mitigation
     assert settings.mu == (0.1 if mitigation == "lagrangian" else DEFAULTS.mu)
     assert settings.epsilon == (1.5 if mitigation == "accuracy_gap" else DEFAULTS.epsilon)
-    assert set(params.as_dict()) == {"method", "budget", "mitigation", "lr", "seed"} | (
-        {"mu"} if mu is not None else set()
-    ) | ({"epsilon"} if epsilon is not None else set())
+    assert set(params.as_dict()) == {
+        "method",
+        "budget",
+        "mitigation",
+        "lr",
+        "seed",
+        "mask_mitigation",
+    } | ({"mu"} if mu is not None else set()) | ({"epsilon"} if epsilon is not None else set())
 
 
 def test_defaults_come_from_the_space_and_bad_values_are_refused() -> None:
-    params = TrialParams.from_config({"method": "random", "budget": 8}, DEFAULTS)
+    params = TrialParams.from_config({"method": "random", "budget": 8}, EXP)
     assert (params.mitigation, params.lr, params.seed, params.mu) == ("none", 1e-3, 0, None)
     lagrangian = FinetuneSettings(mitigation="lagrangian", mu=0.3)
-    assert TrialParams.from_config({"method": "snl", "budget": 0.5}, lagrangian).mu == 0.3
+    lagrangian_exp = ExperimentConfig(finetune=lagrangian)
+    assert TrialParams.from_config({"method": "snl", "budget": 0.5}, lagrangian_exp).mu == 0.3
     for values, message in [
         ({"budget": 0.5}, "no method"),
         ({"method": "snl", "budget": 0.5, "depth": 3}, "unknown trial parameter 'depth'"),
@@ -61,16 +68,11 @@ def test_defaults_come_from_the_space_and_bad_values_are_refused() -> None:
         ({"method": "snl", "budget": 0.5, "lr": -1.0}, "lr must be positive"),
     ]:
         with pytest.raises(UserError, match=message):
-            TrialParams.from_config(values, DEFAULTS)
-    assert (
-        applies("lr", "none")
-        and not applies("mu", "none")
-        and set(APPLIES_TO)
-        == {
-            "mu",
-            "epsilon",
-        }
-    )
+            TrialParams.from_config(values, EXP)
+    assert applies("lr", "none") and not applies("mu", "none")
+    assert set(APPLIES_TO) == {"mu", "epsilon", "eta"} and applies("eta", "group_dro")
+    with pytest.raises(UserError, match="unknown mask mitigation 'magic'"):
+        TrialParams.from_config({"method": "snl", "budget": 0.5, "mask_mitigation": "magic"}, EXP)
 
 
 def test_optuna_samples_only_what_applies() -> None:
@@ -127,7 +129,7 @@ def test_ok_and_failed_rows_have_the_schema_and_the_same_parameters(
     exp = ExperimentConfig()
     params = TrialParams.from_config(
         {"method": "snl", "budget": 0.1, "mitigation": mitigation, "mu": 0.2, "epsilon": 1.0},
-        exp.finetune,
+        exp,
     )
     ids = {"run_id": "run", "trial_id": "t1"}
     ok = trial_row(**ids, exp=exp, params=params, wall_time_s=1.0, measured=_measured())
@@ -186,7 +188,7 @@ def test_fine_tuned_checkpoint_records_params_and_multipliers(tmp_path: Path) ->
         ["base.epochs=2", "finetune.epochs=2", "diagnostics.hessian=false"],
     ).experiment
     params = TrialParams.from_config(
-        {"method": "random", "budget": 0.1, "mitigation": "lagrangian", "mu": 0.5}, exp.finetune
+        {"method": "random", "budget": 0.1, "mitigation": "lagrangian", "mu": 0.5}, exp
     )
     outcome = run_trial(
         exp, params, tmp_path / "cache", tmp_path / "trial", run_id="r", trial_id="t"

@@ -46,7 +46,16 @@ METRICS: tuple[str, ...] = (
     "test_worst_group_drop",
 )
 """What the configs table summarizes over seeds (units as in the trials table)."""
-PARAMS: tuple[str, ...] = ("method", "budget", "mitigation", "mu", "epsilon", "lr")
+PARAMS: tuple[str, ...] = (
+    "method",
+    "budget",
+    "mitigation",
+    "mask_mitigation",
+    "mu",
+    "epsilon",
+    "eta",
+    "lr",
+)
 STATS = (("mean", "mean over ok seeds"), ("std", "standard deviation over seeds (ddof 1)"))
 STATS += (("ci_low", "95% interval, low (Student t over seeds)"), ("ci_high", "95% interval, high"))
 
@@ -59,8 +68,10 @@ def _configs_schema() -> pa.Schema:
         ("method", s, "linearization method"),
         ("budget", f, "requested ReLU budget"),
         ("mitigation", s, "fine-tuning mitigation"),
+        ("mask_mitigation", s, "group term of SNL's mask training"),
         ("mu", f, "lagrangian multiplier step (null for other mitigations)"),
         ("epsilon", f, "accuracy_gap slack, percentage points (null for other mitigations)"),
+        ("eta", f, "group_dro weight step (null for other mitigations)"),
         ("lr", f, "fine-tuning learning rate"),
         ("n_seeds", i, "seeds that ran ok"),
         ("n_failed", i, "seeds that failed"),
@@ -117,7 +128,7 @@ def configs_table(trials: pd.DataFrame) -> pd.DataFrame:
         ok = sub[(sub["status"] == "ok").fillna(False).astype(bool)]
         first = sub.iloc[0]
         row = {"run_id": first["run_id"], "config_id": str(config_id)}
-        row.update({p: first[p] for p in PARAMS})
+        row.update({p: first.get(p) for p in PARAMS})
         n_failed = int(len(sub) - len(ok))
         row.update(
             n_seeds=int(len(ok)),

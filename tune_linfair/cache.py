@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from filelock import FileLock
 
-from tune_linfair.config import ExperimentConfig, to_dict
+from tune_linfair.config import ExperimentConfig, LinearizeSettings, to_dict
 
 LOCK_TIMEOUT_S = 6 * 3600
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -107,10 +107,11 @@ def base_key(exp: ExperimentConfig, seed: int, data_options: dict[str, Any]) -> 
 
 
 def linearized_key(
-    base_key: str, exp: ExperimentConfig, method: str, budget: float, seed: int
+    base_key: str, settings: LinearizeSettings, method: str, budget: float, seed: int
 ) -> str:
-    """Cache key of a linearized model: base key, method, budget, settings, seed."""
-    return stable_hash("linearized", base_key, method, budget, exp.linearize, seed)
+    """Cache key of a linearized model: base key, method, budget, the trial's linearization
+    settings (mask mitigation included), seed."""
+    return stable_hash("linearized", base_key, method, budget, settings, seed)
 
 
 # -- artifacts ----------------------------------------------------------------------------

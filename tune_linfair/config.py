@@ -30,8 +30,10 @@ from tune_linfair.errors import UserError, unknown
 
 METHODS: tuple[str, ...] = ("snl", "deepreduce", "random")
 """Linearization methods (:mod:`tune_linfair.linearize`)."""
-MITIGATIONS: tuple[str, ...] = ("none", "lagrangian", "accuracy_gap")
+MITIGATIONS: tuple[str, ...] = ("none", "lagrangian", "accuracy_gap", "group_dro")
 """Fine-tuning mitigations (``none`` is plain distillation, the paper's baseline)."""
+MASK_MITIGATIONS: tuple[str, ...] = ("none", "lagrangian", "accuracy_gap")
+"""Group terms SNL's mask training can add (the multiplier mitigations)."""
 SELECTORS: tuple[str, ...] = ("accuracy", "worst_group")
 """Model selection on the validation split: overall accuracy, or minimum group accuracy."""
 GRANULARITIES: tuple[str, ...] = ("pixel", "channel")
@@ -221,6 +223,12 @@ class LinearizeSettings(Section):
     ``deepreduce_weight_decay``, cosine) on ``lambda * CE + (1 - lambda) * T^2 * KL`` with
     ``lambda = deepreduce_lambda``, from the base weights, or fresh weights with
     ``from_scratch``.
+
+    Fairness-aware SNL (beyond the paper): ``mask_mitigation`` adds a fine-tuning
+    mitigation's per-group term to SNL's mask-training loss, ``L_KD + group term + c *
+    sum|m|``, with its multipliers updated once per epoch of mask training: ``lagrangian``
+    with step ``mask_mu``, ``accuracy_gap`` with tolerance ``mask_epsilon`` and step
+    ``mask_dual_lr`` (:mod:`tune_linfair.mitigation`). It changes which ReLUs are kept.
     """
 
     SECTION: ClassVar[str] = "linearize"
@@ -241,6 +249,10 @@ class LinearizeSettings(Section):
     deepreduce_momentum: float = bounded(0.9, ge=0, lt=1)
     deepreduce_weight_decay: float = bounded(5e-4, ge=0)
     from_scratch: bool = False
+    mask_mitigation: str = bounded("none", choices=MASK_MITIGATIONS)
+    mask_mu: float = bounded(0.1, ge=0)
+    mask_epsilon: float = bounded(0.0, ge=0)
+    mask_dual_lr: float = bounded(0.01, ge=0)
 
 
 @dataclass(frozen=True)
@@ -252,6 +264,7 @@ class FinetuneSettings(Section):
       (ignored by the other mitigations);
     - ``epsilon`` (>= 0, percentage points) and ``dual_lr`` (>= 0, multiplier change per
       percentage point of violation per epoch): ``accuracy_gap``'s tolerance and step;
+    - ``eta`` (>= 0): ``group_dro``'s step on the log group weights per batch;
     - ``lr`` (> 0), ``momentum`` in [0, 1), ``weight_decay`` (>= 0): SGD, cosine schedule
       over ``epochs``;
     - ``batch_size``, ``temperature`` (> 0) of the distillation;
@@ -267,6 +280,7 @@ class FinetuneSettings(Section):
     mu: float = bounded(0.0, ge=0)
     epsilon: float = bounded(0.0, ge=0)
     dual_lr: float = bounded(0.01, ge=0)
+    eta: float = bounded(0.01, ge=0)
     lr: float = bounded(1e-3, gt=0)
     momentum: float = bounded(0.9, ge=0, lt=1)
     weight_decay: float = bounded(5e-4, ge=0)

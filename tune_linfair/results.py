@@ -56,7 +56,6 @@ __all__ = [
     "SAMPLES_SCHEMA",
     "TABLES",
     "TRIALS_COLUMNS",
-    "SUMMARY_COLUMNS",
     "TRIALS_SCHEMA",
     "describe",
     "load_groups",
@@ -97,7 +96,12 @@ TRIALS_SCHEMA: pa.Schema = _schema(
         ("width", _I, "model width multiplier"),
         ("method", _S, "linearization method: snl, deepreduce or random"),
         ("granularity", _S, "granularity of the ReLU masks the method removes"),
-        ("mitigation", _S, "fine-tuning mitigation: none, lagrangian or accuracy_gap"),
+        ("mitigation", _S, "fine-tuning mitigation: none, lagrangian, accuracy_gap or group_dro"),
+        (
+            "mask_mitigation",
+            _S,
+            "group term of SNL's mask training: none, lagrangian, accuracy_gap",
+        ),
         (
             "budget",
             _F,
@@ -112,6 +116,7 @@ TRIALS_SCHEMA: pa.Schema = _schema(
             _F,
             "slack of the accuracy_gap constraint, percentage points (null for other mitigations)",
         ),
+        ("eta", _F, "group weight step of the group_dro mitigation (null for other mitigations)"),
         ("lr", _F, "fine-tuning learning rate"),
         ("epochs", _I, "fine-tuning epochs"),
         ("seed", _I, "random seed (data split, base model, linearization, fine-tuning)"),
@@ -190,21 +195,6 @@ SAMPLES_SCHEMA: pa.Schema = _schema(
 )
 
 TRIALS_COLUMNS: tuple[str, ...] = tuple(TRIALS_SCHEMA.names)
-SUMMARY_COLUMNS = (
-    "trial_id",
-    "method",
-    "mitigation",
-    "budget",
-    "relu_count",
-    "mu",
-    "lr",
-    "seed",
-    "val_accuracy",
-    "val_worst_group_drop",
-    "test_accuracy",
-    "test_worst_group_drop",
-)
-"""The columns that summarize a trial (the sweep's Pareto table, analysis/pareto.py)."""
 GROUPS_COLUMNS: tuple[str, ...] = tuple(GROUPS_SCHEMA.names)
 SAMPLES_COLUMNS: tuple[str, ...] = tuple(SAMPLES_SCHEMA.names)
 

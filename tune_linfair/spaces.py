@@ -90,7 +90,7 @@ class SearchSpace:
             point = {**fixed, **dict(zip(keys, combo))}
             # points that differ only in a parameter that does not apply (mu of a `none`
             # trial) are the same trial: run it once
-            same = TrialParams.from_config(point, self.experiment.finetune).as_dict()
+            same = TrialParams.from_config(point, self.experiment).as_dict()
             key = tuple(sorted((k, repr(v)) for k, v in same.items()))
             if key not in seen:
                 seen.add(key)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from tune_linfair.cache import Artifact, base_key, cached, linearized_key
-from tune_linfair.config import ExperimentConfig, to_dict
+from tune_linfair.config import ExperimentConfig, LinearizeSettings, to_dict
 from tune_linfair.data import GroupedDataset, dataset_options, get_dataset
 from tune_linfair.errors import BudgetUnreachable
 from tune_linfair.finetune import finetune
@@ -176,17 +176,20 @@ def run_linearize(
     seed: int,
     cache_dir: str | Path,
     *,
+    settings: LinearizeSettings | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> tuple[Artifact, bool]:
-    """Linearize (or reuse) ``base`` to ``budget`` with ``method`` (snl, deepreduce, random).
+    """Linearize (or reuse) ``base`` to ``budget`` with ``method`` (snl, deepreduce, random)
+    and ``settings`` (default: the space's; a trial's mask mitigation changes them).
 
     The student starts as a copy of the base, the teacher is the base. The output's masks
     are binary and frozen; its meta holds the linearization log (ReLU count and penalty
     coefficient over time, steps used) and accuracy right after linearization.
     """
     device = resolve_device(device)
-    key = linearized_key(base.key, exp, method, budget, seed)
+    settings = exp.linearize if settings is None else settings
+    key = linearized_key(base.key, settings, method, budget, seed)
 
     def compute(path: Path) -> dict:
         start = time.time()
@@ -200,7 +203,7 @@ def run_linearize(
             teacher,
             data,
             budget,
-            settings=exp.linearize,
+            settings=settings,
             seed=seed,
             progress=progress,
         )
@@ -266,12 +269,20 @@ def run_trial(
     """
     start = time.time()
     if not isinstance(params, TrialParams):
-        params = TrialParams.from_config(params, exp.finetune)
+        params = TrialParams.from_config(params, exp)
     device = resolve_device(device)
     seed = params.seed
     base, base_computed = run_base(exp, seed, cache_dir, device=device, progress=progress)
     lin, lin_computed = run_linearize(
-        exp, base, params.method, params.budget, seed, cache_dir, device=device, progress=progress
+        exp,
+        base,
+        params.method,
+        params.budget,
+        seed,
+        cache_dir,
+        settings=params.linearize_settings(exp.linearize),
+        device=device,
+        progress=progress,
     )
     data = load_data(exp, seed, device)
     teacher = load_artifact_model(base, device)

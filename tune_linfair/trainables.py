@@ -112,7 +112,7 @@ def search_trial(config: dict, context: SweepContext) -> None:
         # rerun fails the same way, so Parquet, the configs table and Optuna agree.
         raise TrialFailed(f"trial {trial_id} failed before the resume: {done.get('error')}")
     exp = context.experiment()
-    params = TrialParams.from_config(trial_values(config), exp.finetune)
+    params = TrialParams.from_config(trial_values(config), exp)
     try:
         outcome = run_trial(
             exp,

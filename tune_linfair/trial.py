@@ -30,13 +30,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from tune_linfair.cache import stable_hash
-from tune_linfair.config import METHODS, MITIGATIONS, ExperimentConfig, FinetuneSettings, to_dict
+from tune_linfair.config import (
+    MASK_MITIGATIONS,
+    METHODS,
+    MITIGATIONS,
+    ExperimentConfig,
+    FinetuneSettings,
+    LinearizeSettings,
+    to_dict,
+)
 from tune_linfair.errors import UserError, unknown
 
-TRIAL_PARAMS: tuple[str, ...] = ("method", "budget", "mitigation", "mu", "epsilon", "lr", "seed")
+TRIAL_PARAMS: tuple[str, ...] = (
+    "method",
+    "budget",
+    "mitigation",
+    "mu",
+    "epsilon",
+    "eta",
+    "lr",
+    "mask_mitigation",
+    "seed",
+)
 """What a trial varies (the keys of a space's ``search`` and ``grid``); the space fixes the rest."""
 
-APPLIES_TO: dict[str, str] = {"mu": "lagrangian", "epsilon": "accuracy_gap"}
+APPLIES_TO: dict[str, str] = {"mu": "lagrangian", "epsilon": "accuracy_gap", "eta": "group_dro"}
 """Parameters that apply to one mitigation only; every other parameter always applies."""
 
 
@@ -53,12 +71,14 @@ def validate_value(name: str, value: Any, where: str) -> None:
         raise unknown("method", value, METHODS)
     if name == "mitigation" and value not in MITIGATIONS:
         raise unknown("mitigation", value, MITIGATIONS)
-    if name in ("budget", "mu", "epsilon", "lr"):
+    if name == "mask_mitigation" and value not in MASK_MITIGATIONS:
+        raise unknown("mask mitigation", value, MASK_MITIGATIONS)
+    if name in ("budget", "mu", "epsilon", "eta", "lr"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{where} must be a number, got {value!r}")
     if name == "budget" and not (0 < value <= 1 or (isinstance(value, int) and value >= 1)):
         raise UserError(f"{where} must be a fraction in (0, 1] or a ReLU count >= 1, got {value}")
-    if name in ("mu", "epsilon") and value < 0:
+    if name in ("mu", "epsilon", "eta") and value < 0:
         raise UserError(f"{where} must be non-negative, got {value}")
     if name == "lr" and value <= 0:
         raise UserError(f"{where} must be positive, got {value}")
@@ -98,8 +118,9 @@ def validate_spec(name: str, spec: Any) -> Any:
 
 @dataclass(frozen=True)
 class TrialParams:
-    """The parameters of one trial. ``mu`` / ``epsilon`` are None where they do not apply
-    (:data:`APPLIES_TO`); ``lr`` is the fine-tuning learning rate."""
+    """The parameters of one trial. ``mu`` / ``epsilon`` / ``eta`` are None where they do not
+    apply (:data:`APPLIES_TO`); ``lr`` is the fine-tuning learning rate; ``mask_mitigation``
+    the group term of SNL's mask training (a linearization setting)."""
 
     method: str
     budget: float | int
@@ -108,12 +129,15 @@ class TrialParams:
     seed: int = 0
     mu: float | None = None
     epsilon: float | None = None
+    eta: float | None = None
+    mask_mitigation: str = "none"
 
     @classmethod
-    def from_config(cls, values: Mapping[str, Any], defaults: FinetuneSettings) -> TrialParams:
+    def from_config(cls, values: Mapping[str, Any], exp: ExperimentConfig) -> TrialParams:
         """The trial's parameters from a Tune config or a grid point; what ``values`` lacks
-        comes from the space's fine-tuning ``defaults``. Unknown keys, a missing method or
-        budget, and out-of-range values are one-line UserErrors."""
+        comes from the space's ``finetune`` and ``linearize`` sections. Unknown keys, a
+        missing method or budget, and out-of-range values are one-line UserErrors."""
+        defaults = exp.finetune
         bad = sorted(set(values) - set(TRIAL_PARAMS))
         if bad:
             raise unknown("trial parameter", bad[0], TRIAL_PARAMS)
@@ -139,6 +163,8 @@ class TrialParams:
             seed=int(values.get("seed", 0)),
             mu=applying("mu"),
             epsilon=applying("epsilon"),
+            eta=applying("eta"),
+            mask_mitigation=values.get("mask_mitigation", exp.linearize.mask_mitigation),
         )
 
     def finetune_settings(self, defaults: FinetuneSettings) -> FinetuneSettings:
@@ -146,6 +172,11 @@ class TrialParams:
         chosen = {"mitigation": self.mitigation, "lr": self.lr}
         chosen.update({k: getattr(self, k) for k in APPLIES_TO if getattr(self, k) is not None})
         return dataclasses.replace(defaults, **chosen)
+
+    def linearize_settings(self, defaults: LinearizeSettings) -> LinearizeSettings:
+        """``defaults`` with this trial's mask mitigation (part of the linearized model's
+        cache key)."""
+        return dataclasses.replace(defaults, mask_mitigation=self.mask_mitigation)
 
     def as_dict(self) -> dict[str, Any]:
         """The parameters that apply, as a plain dict (for rows and checkpoints)."""
@@ -276,9 +307,11 @@ def trial_row(
         "method": params.method,
         "granularity": exp.model.granularity,
         "mitigation": params.mitigation,
+        "mask_mitigation": params.mask_mitigation,
         "budget": float(params.budget),
         "mu": params.mu,
         "epsilon": params.epsilon,
+        "eta": params.eta,
         "lr": params.lr,
         "epochs": settings.epochs,
         "seed": params.seed,

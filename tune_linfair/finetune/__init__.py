@@ -7,7 +7,7 @@ One entry point, :func:`finetune`, runs the fine-tuning stage of both SNL and De
 frozen), a cosine learning-rate schedule over the epochs, and model selection on the
 validation split (never the test split) through :func:`tune_linfair.train.fit`.
 
-Mitigations (:data:`MITIGATIONS`, formulas in :mod:`tune_linfair.finetune.mitigation`):
+Mitigations (:data:`MITIGATIONS`, formulas in :mod:`tune_linfair.mitigation`):
 
 - ``none``: plain KD (the paper's baseline). It runs :class:`LagrangianKD` with
   ``mu = 0``, whose update is exactly plain KD's, so that every mitigation logs the same
@@ -15,7 +15,9 @@ Mitigations (:data:`MITIGATIONS`, formulas in :mod:`tune_linfair.finetune.mitiga
 - ``lagrangian``: the paper's Algorithm 1 with the penalty back-propagated
   (:class:`LagrangianKD`, step ``mu``);
 - ``accuracy_gap``: Balancing Act's accuracy-gap constraints (Hashemizadeh et al., ICLR
-  2024; :class:`AccuracyGapLoss`, tolerance ``epsilon``, multiplier step ``dual_lr``).
+  2024; :class:`AccuracyGapLoss`, tolerance ``epsilon``, multiplier step ``dual_lr``);
+- ``group_dro``: online Group DRO (Sagawa et al., ICLR 2020; :class:`GroupDRO`, step
+  ``eta``), the standard worst-group baseline.
 """
 
 from __future__ import annotations
@@ -31,17 +33,19 @@ from tune_linfair.config import MITIGATIONS, SELECTORS, FinetuneSettings
 from tune_linfair.data.augment import random_crop_flip
 from tune_linfair.data.base import GroupedDataset
 from tune_linfair.errors import UserError
-from tune_linfair.finetune.mitigation import (
-    AccuracyGapLoss,
-    LagrangianKD,
-    group_sums,
-)
 from tune_linfair.kd import KDLoss, TeacherLogits, kd_per_sample
+from tune_linfair.mitigation import (
+    AccuracyGapLoss,
+    GroupDRO,
+    LagrangianKD,
+    group_loss,
+    group_sums,
+    train_group_accuracy,
+)
 from tune_linfair.models.activation import linearizable_layers, weight_parameters
 from tune_linfair.train import (
     EvalResult,
     Selector,
-    evaluate,
     fit,
     model_device,
     seed_everything,
@@ -89,40 +93,24 @@ def _check_groups(data: GroupedDataset) -> None:
             )
 
 
-def train_group_accuracy(teacher: TeacherLogits, data: GroupedDataset) -> list[float]:
-    """The base model's per-group accuracy (percent) on the training split.
-
-    From the cached teacher logits when there are any, else one evaluation pass.
-    """
-    logits = (
-        teacher.cache if teacher.cache is not None else evaluate(teacher.teacher, data.train).logits
-    )
-    result = EvalResult(logits, data.train.y.cpu(), data.train.g.cpu())
-    return result.group_accuracy(data.num_groups)
-
-
 def build_loss(
     settings: FinetuneSettings,
     teacher: TeacherLogits,
     data: GroupedDataset,
     base_accuracy: Sequence[float] | None = None,
-) -> LagrangianKD | AccuracyGapLoss:
-    """The ``loss_fn`` of ``settings.mitigation`` (see the module docstring)."""
-    if settings.mitigation == "accuracy_gap":
-        if base_accuracy is None:
-            base_accuracy = train_group_accuracy(teacher, data)
-            # A group with no training sample has no base accuracy and never a violation.
-            base_accuracy = [0.0 if math.isnan(v) else v for v in base_accuracy]
-        return AccuracyGapLoss(
-            teacher,
-            base_accuracy,
-            epsilon=settings.epsilon,
-            dual_lr=settings.dual_lr,
-            temperature=settings.temperature,
-            num_groups=data.num_groups,
-        )
-    mu = settings.mu if settings.mitigation == "lagrangian" else 0.0
-    return LagrangianKD(teacher, data.num_groups, mu, settings.temperature)
+) -> LagrangianKD | AccuracyGapLoss | GroupDRO:
+    """The ``loss_fn`` of ``settings.mitigation`` (:func:`tune_linfair.mitigation.group_loss`)."""
+    return group_loss(
+        settings.mitigation,
+        teacher,
+        data,
+        mu=settings.mu,
+        epsilon=settings.epsilon,
+        dual_lr=settings.dual_lr,
+        eta=settings.eta,
+        temperature=settings.temperature,
+        base_accuracy=base_accuracy,
+    )
 
 
 def finetune(
@@ -138,7 +126,7 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune ``student`` in place by distillation from ``teacher`` under ``settings``.
 
-    Loss: ``settings.mitigation``'s (see :mod:`tune_linfair.finetune.mitigation`); SGD over
+    Loss: ``settings.mitigation``'s (see :mod:`tune_linfair.mitigation`); SGD over
     the weights (masks excluded, they stay frozen) with ``lr``, ``momentum``,
     ``weight_decay`` and a cosine schedule to 0 over ``epochs``; batch order and
     augmentation seeded by ``seed``. The student ends with the weights of the epoch that
@@ -205,11 +193,14 @@ __all__ = [
     "AccuracyGapLoss",
     "FinetuneResult",
     "FinetuneSettings",
+    "GroupDRO",
     "KDLoss",
     "LagrangianKD",
     "TeacherLogits",
     "finetune",
+    "group_loss",
     "group_sums",
+    "train_group_accuracy",
     "kd_per_sample",
     "worst_group_accuracy",
 ]

@@ -71,7 +71,8 @@ def linearize(
     The log: ``method``, ``seed``, ``granularity``, ``budget_requested``, ``budget_count``,
     ``relu_count``, ``relu_total``, ``relu_fraction``, ``steps`` (optimizer steps), ``epochs``,
     ``checks`` (SNL's ``(step, relu_count, c)`` list; empty otherwise), ``c_final``,
-    ``reached_budget`` and ``threshold_count`` (SNL; None otherwise), ``deepreduce`` (the
+    ``reached_budget`` and ``threshold_count`` (SNL; None otherwise), ``mask_multipliers``
+    (SNL with a mask mitigation: the final multipliers; None otherwise), ``deepreduce`` (the
     configuration dict; None otherwise), ``wall_time_s``.
     """
     if method not in METHODS:
@@ -99,6 +100,7 @@ def linearize(
         "reached_budget": None,
         "threshold_count": None,
         "deepreduce": None,
+        "mask_multipliers": None,
     }
     try:
         if method == "snl":
@@ -118,11 +120,16 @@ def linearize(
                 warmup_checks=settings.warmup_checks,
                 max_epochs=settings.max_epochs,
                 batch_size=settings.batch_size,
+                mask_mitigation=settings.mask_mitigation,
+                mask_mu=settings.mask_mu,
+                mask_epsilon=settings.mask_epsilon,
+                mask_dual_lr=settings.mask_dual_lr,
                 generator=generator,
                 progress=progress,
             )
             log.update(
                 steps=result.steps,
+                mask_multipliers=result.multipliers,
                 epochs=result.epochs,
                 checks=result.checks,
                 c_final=result.c_final,

@@ -30,11 +30,19 @@ the threshold, so budgets overshoot):
   there is no augmentation (:class:`~tune_linfair.kd.TeacherLogits`);
 - if ``max_epochs`` ends before the budget is reached, the top-``budget`` masks are still
   kept (``reached_budget`` is False in the result).
+
+Beyond the paper, ``mask_mitigation`` makes the choice of ReLUs see the groups: the
+distillation term becomes a mitigation's loss (:func:`tune_linfair.mitigation.group_loss`:
+``lagrangian`` adds ``sum_a lambda_a |L(B) - L(B_a)|``, ``accuracy_gap`` adds ``sum_a
+lambda_a (CE(B_a) - CE(B))``), so the loss is ``L_KD + group term + c * sum|m|`` and the
+group term's gradient reaches the masks as well as the weights; its multipliers are updated
+once per epoch of mask training, as in fine-tuning. The exact budget is kept as before.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +52,7 @@ from tune_linfair.data.augment import random_crop_flip
 from tune_linfair.data.base import GroupedDataset
 from tune_linfair.kd import KDLoss, TeacherLogits
 from tune_linfair.linearize.budget import freeze_top
+from tune_linfair.mitigation import group_loss
 from tune_linfair.models.activation import (
     count_relus,
     linearizable_layers,
@@ -56,12 +65,13 @@ from tune_linfair.train import Batch, model_device, train_one_epoch
 class SNLLoss:
     """``L_KD + c * sum |m|`` for :func:`~tune_linfair.train.train_one_epoch`.
 
-    ``L_KD = CE + T^2 * KL`` (:class:`~tune_linfair.kd.KDLoss`); ``c`` is a plain
-    attribute that :class:`SNLSchedule` raises during training. The L1 term is part of the
-    graph, so masks receive ``c * sign(m)`` on top of the distillation gradient.
+    ``L_KD = CE + T^2 * KL`` (:class:`~tune_linfair.kd.KDLoss`, or a mitigation's loss,
+    which adds its group term); ``c`` is a plain attribute that :class:`SNLSchedule` raises
+    during training. The L1 term is part of the graph, so masks receive ``c * sign(m)`` on
+    top of the distillation gradient.
     """
 
-    def __init__(self, kd: KDLoss, c: float) -> None:
+    def __init__(self, kd: Callable[[nn.Module, Batch], torch.Tensor], c: float) -> None:
         self.kd = kd
         self.c = c
 
@@ -129,6 +139,7 @@ class SNLResult:
     threshold_count: int
     relu_count: int
     c_final: float
+    multipliers: dict[str, list[float]] | None = None
 
 
 def snl(
@@ -148,6 +159,10 @@ def snl(
     warmup_checks: int = 5,
     max_epochs: int = 1000,
     batch_size: int = 128,
+    mask_mitigation: str = "none",
+    mask_mu: float = 0.1,
+    mask_epsilon: float = 0.0,
+    mask_dual_lr: float = 0.01,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> SNLResult:
@@ -159,6 +174,8 @@ def snl(
     (:func:`~tune_linfair.linearize.budget.resolve_budget`). The count is checked every
     ``check_every`` steps; ``c`` is updated every ``c_every`` steps (default: one epoch,
     ``ceil(n_train / batch_size)`` steps, as the original updates it once per epoch).
+    ``mask_mitigation`` (with ``mask_mu``, ``mask_epsilon``, ``mask_dual_lr``) adds a
+    per-group term to the loss, its multipliers updated after every epoch (module docstring).
     """
     layers = [layer for _, layer in linearizable_layers(student)]
     for layer in layers:
@@ -167,7 +184,19 @@ def snl(
         layer.set_trainable()
     device = model_device(student)
     data = data.to(device)
-    kd = KDLoss(TeacherLogits(teacher, data.train, data.augment), temperature=temperature)
+    teacher_logits = TeacherLogits(teacher, data.train, data.augment)
+    if mask_mitigation == "none":
+        kd = KDLoss(teacher_logits, temperature=temperature)
+    else:
+        kd = group_loss(
+            mask_mitigation,
+            teacher_logits,
+            data,
+            mu=mask_mu,
+            epsilon=mask_epsilon,
+            dual_lr=mask_dual_lr,
+            temperature=temperature,
+        )
     loss = SNLLoss(kd, c0)
     masks = mask_parameters(student)
     weights = [p.requires_grad_(True) for _, p in weight_parameters(student)]
@@ -211,6 +240,9 @@ def snl(
         )
         steps += int(log["steps"])
         epochs += 1
+        end_epoch = getattr(kd, "end_epoch", None)
+        if callable(end_epoch):
+            end_epoch(student)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(relus=schedule.checks[-1][1], c=f"{loss.c:.2e}")
@@ -226,4 +258,9 @@ def snl(
         threshold_count=threshold_count,
         relu_count=final,
         c_final=loss.c,
+        multipliers=(
+            {k: v.tolist() for k, v in kd.state_dict().items()}
+            if hasattr(kd, "state_dict")
+            else None
+        ),
     )

@@ -1,7 +1,11 @@
-"""Fairness mitigations for fine-tuning a linearized student: per-group Lagrange multipliers.
+"""Fairness mitigations: per-group losses for fine-tuning and for SNL's mask training.
 
-Both mitigations are ``loss_fn(model, batch)`` callables for :func:`tune_linfair.train.fit`
-that keep per-group statistics over the epoch; ``fit`` calls ``end_epoch(model)`` after each
+Each mitigation is a ``loss_fn(model, batch)`` callable for the training loop
+(:func:`tune_linfair.train.fit`, or SNL's epochs) that keeps per-group statistics;
+:func:`group_loss` builds any of them by name. The fine-tuning stage uses them on the
+distillation loss (``FinetuneSettings.mitigation``), SNL adds them to its mask-training loss
+(``LinearizeSettings.mask_mitigation``, :mod:`tune_linfair.linearize.snl`). The multiplier
+mitigations keep statistics over the epoch; ``fit`` calls ``end_epoch(model)`` after each
 epoch, which updates the multipliers once and returns ``{"lambda_<a>": ..,
 "violation_<a>": ..}`` for every group id ``a`` (merged into the epoch's log). As in cooper,
 a *state* (loss, per-group violations) is computed per batch, the *formulation* (a
@@ -42,6 +46,15 @@ model (the proxy-Lagrangian of Cotter et al. 2019, as Balancing Act does)::
     per epoch:   lambda_a <- max(0, lambda_a + dual_lr * v_a)     (groups with |S_a| > 0)
 
 See :class:`AccuracyGapLoss` for why this surrogate and why a per-epoch update.
+
+``group_dro`` -- :class:`GroupDRO`, Sagawa, Koh, Hashimoto, Liang, "Distributionally Robust
+Neural Networks for Group Shifts", ICLR 2020, Algorithm 1 (online Group DRO) on the
+distillation loss::
+
+    per batch:   q_a <- q_a * exp(eta * L(B_a)),  q <- q / sum_b q_b,   loss = sum_a q_a L(B_a)
+
+with ``q`` uniform at the start and ``L(B_a) = 0`` for a group absent from the batch (its
+weight only shrinks relative to the others, as in the authors' code).
 """
 
 from __future__ import annotations
@@ -53,9 +66,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune_linfair.data.base import GroupedDataset
 from tune_linfair.errors import UserError
 from tune_linfair.kd import TEMPERATURE, TeacherLogits, kd_per_sample
-from tune_linfair.train import Batch
+from tune_linfair.train import Batch, EvalResult, evaluate
 
 
 def group_sums(
@@ -322,3 +336,95 @@ class AccuracyGapLoss(_GroupMultipliers):
         self._set_lambdas(torch.where(seen, stepped, self.lambdas))
         self._reset_epoch()
         return self._log(violations)
+
+
+class GroupDRO:
+    """Online Group DRO (Sagawa et al., ICLR 2020, Algorithm 1) on the distillation loss.
+
+    Per batch, with ``L(B_a)`` the mean of :func:`~tune_linfair.kd.kd_per_sample` over the
+    batch's group-``a`` samples (0 when there are none)::
+
+        q_a <- q_a * exp(eta * L(B_a));  q <- q / sum_b q_b;  loss = sum_a q_a * L(B_a)
+
+    The weights are updated before the loss is formed (the algorithm's order) and are
+    constants for the gradient. ``q`` starts uniform; ``eta = 0`` keeps it uniform (a
+    group-balanced loss). ``end_epoch`` returns ``q_<a>`` for each group.
+    """
+
+    def __init__(
+        self, teacher: TeacherLogits, num_groups: int, eta: float, temperature: float = TEMPERATURE
+    ) -> None:
+        if not math.isfinite(eta) or eta < 0:
+            raise UserError(f"eta must be a finite number >= 0, got {eta!r}")
+        self.teacher = teacher
+        self.num_groups = _check_num_groups(num_groups)
+        self.eta = float(eta)
+        self.temperature = float(temperature)
+        self.q = torch.full((self.num_groups,), 1.0 / self.num_groups, dtype=torch.float64)
+
+    def step_weights(self, group_losses: torch.Tensor) -> torch.Tensor:
+        """``q <- normalize(q * exp(eta * L(B_a)))`` from the (detached) group losses;
+        returns the new ``q``. Computed in log space, so large losses cannot overflow."""
+        logits = self.q.log() + self.eta * group_losses.detach().to("cpu", torch.float64)
+        self.q = torch.softmax(logits, dim=0)
+        return self.q
+
+    def __call__(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        per = kd_per_sample(model(batch.x), self.teacher(batch), batch.y, self.temperature)
+        sums, counts = group_sums(per, batch.g, self.num_groups)
+        group_mean = sums / counts.clamp_min(1).to(sums.dtype)
+        q = self.step_weights(group_mean).to(group_mean.device, group_mean.dtype)
+        return (q * group_mean).sum()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """``{"q": (G,) float64}``: the group weights."""
+        return {"q": self.q.clone()}
+
+    def end_epoch(self, model: nn.Module | None = None) -> dict[str, float]:
+        return {f"q_{a}": float(self.q[a]) for a in range(self.num_groups)}
+
+
+def train_group_accuracy(teacher: TeacherLogits, data: GroupedDataset) -> list[float]:
+    """The base model's per-group accuracy (percent) on the training split, from the cached
+    teacher logits when there are any, else one evaluation pass; 0 for a group with no
+    training sample (it never has a violation)."""
+    logits = (
+        teacher.cache if teacher.cache is not None else evaluate(teacher.teacher, data.train).logits
+    )
+    result = EvalResult(logits, data.train.y.cpu(), data.train.g.cpu())
+    return [0.0 if math.isnan(v) else v for v in result.group_accuracy(data.num_groups)]
+
+
+def group_loss(
+    mitigation: str,
+    teacher: TeacherLogits,
+    data: GroupedDataset,
+    *,
+    mu: float = 0.0,
+    epsilon: float = 0.0,
+    dual_lr: float = 0.01,
+    eta: float = 0.01,
+    temperature: float = TEMPERATURE,
+    base_accuracy: Sequence[float] | None = None,
+) -> LagrangianKD | AccuracyGapLoss | GroupDRO:
+    """The loss of ``mitigation`` (``none``, ``lagrangian``, ``accuracy_gap``, ``group_dro``)
+    on the distillation loss. ``none`` is :class:`LagrangianKD` with ``mu = 0`` (exactly
+    plain distillation, logging the same per-group columns); ``accuracy_gap`` measures the
+    base model's training accuracy per group from ``teacher`` unless ``base_accuracy`` is
+    given."""
+    if mitigation == "accuracy_gap":
+        if base_accuracy is None:
+            base_accuracy = train_group_accuracy(teacher, data)
+        return AccuracyGapLoss(
+            teacher,
+            base_accuracy,
+            epsilon=epsilon,
+            dual_lr=dual_lr,
+            temperature=temperature,
+            num_groups=data.num_groups,
+        )
+    if mitigation == "group_dro":
+        return GroupDRO(teacher, data.num_groups, eta, temperature)
+    return LagrangianKD(
+        teacher, data.num_groups, mu if mitigation == "lagrangian" else 0.0, temperature
+    )
