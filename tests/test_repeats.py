@@ -78,6 +78,7 @@ def test_optuna_is_told_the_mean_over_seeds_or_fail(tmp_path: Path) -> None:
     searcher.on_trial_complete("t1", results[1])
     searcher.on_trial_complete("t2", results[0])
     searcher.on_trial_complete("t3", error=True)  # one seed of the second configuration fails
+    assert _study(tmp_path).metric_names == ["val_accuracy", "val_worst_group_drop", "relu_count"]
     first, second = _study(tmp_path).trials
     assert first.state == optuna.trial.TrialState.COMPLETE
     assert first.values == pytest.approx([0.85, 7.0, 384.0])

@@ -320,6 +320,10 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
         study_name=run_dir.name,
     )
     searcher.seed_groups = SeedGroups(space.seeds or [None])
+    # optuna-dashboard then shows val_accuracy, val_worst_group_drop, relu_count, not 0, 1, 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        searcher._ot_study.set_metric_names(metric)
     return searcher
 
 
