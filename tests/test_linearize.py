@@ -555,3 +555,13 @@ def test_cache_keys_differ_by_mask_mitigation():
     assert linearized_key("base0", FAST, "snl", 0.1, 0) == linearized_key(
         "base0", dataclasses.replace(FAST), "snl", 0.1, 0
     )
+
+
+def test_snl_in_cpu_bf16_keeps_exact_budgets_and_float32_masks(run_cache, base, digits):
+    settings = dataclasses.replace(FAST, snl_cpu_bf16=True)
+    student, log = run(run_cache, "snl", base, digits, 0.1, settings=settings)
+    assert_binary_frozen(student)
+    assert count_relus(student) == log["relu_count"] == 384
+    assert all(layer.mask.dtype == torch.float32 for _, layer in linearizable_layers(student))
+    assert all(p.dtype == torch.float32 for p in student.parameters())  # autocast, not a cast
+    assert evaluate(student, digits.test).accuracy() > 50.0

@@ -243,7 +243,7 @@ def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path:
     _, _, table = out.partition("Pareto-optimal configurations")
     assert table, out[-3000:]
     for cid in configs.loc[configs["pareto"], "config_id"]:
-        assert cid in table
+        assert cid[:7] in table  # the summary shortens ids to read at 100 columns
     assert "Validation ranks test" in table
     for name in ("sweep.json", "command.txt", "space.yaml", "versions.json", "pareto.png"):
         assert (run / name).is_file()

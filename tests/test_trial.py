@@ -213,3 +213,33 @@ def test_a_constant_mitigation_still_gets_its_knob_sampled() -> None:
     trial = study.ask()
     constants = suggest(trial, search, default_mitigation="none")
     assert constants["mitigation"] == "lagrangian" and 0.01 <= trial.params["mu"] <= 0.3
+
+
+def test_progress_reports_are_throttled(monkeypatch) -> None:
+    """At most one progress report per REPORT_EVERY_S (the final objectives are separate)."""
+    import types
+
+    from tune_linfair import trainables
+
+    sent: list[dict] = []
+    monkeypatch.setattr(trainables, "tune", types.SimpleNamespace(report=sent.append))
+    clock = [100.0]
+    monkeypatch.setattr(trainables.time, "monotonic", lambda: clock[0])
+
+    class Base:
+        meta = {"group_accuracy": {"val": [90.0, 80.0]}}
+
+    monkeypatch.setattr(trainables, "run_base", lambda *a, **k: (Base(), False))
+    exp = ExperimentConfig()
+    params = TrialParams.from_config({"method": "snl", "budget": 0.1}, exp)
+    context = trainables.SweepContext({}, "run", "cache", "run", 1.0)
+    report = trainables._epoch_reporter(exp, params, context)
+    log = {"loss": 1.0, "val_accuracy": 85.0, "val_acc_g0": 81.0, "val_acc_g1": 72.0}
+    for epoch in range(5):  # five epochs within one second: one report
+        clock[0] += 0.2
+        report(epoch, log, None)
+    clock[0] += trainables.REPORT_EVERY_S
+    report(5, log, None)
+    assert [r["epoch"] for r in sent] == [0, 5]
+    assert sent[0]["val_accuracy"] == pytest.approx(0.85)
+    assert sent[0]["val_worst_group_drop"] == pytest.approx(10.0)  # (80 - 72) / 80

@@ -229,6 +229,10 @@ class LinearizeSettings(Section):
     sum|m|``, with its multipliers updated once per epoch of mask training: ``lagrangian``
     with step ``mask_mu``, ``accuracy_gap`` with tolerance ``mask_epsilon`` and step
     ``mask_dual_lr`` (:mod:`tune_linfair.mitigation`). It changes which ReLUs are kept.
+
+    ``snl_cpu_bf16`` runs SNL's forward and backward (student and teacher) under bf16
+    autocast on CPU, as training always does on CUDA: about 3x faster per step on a CPU with
+    native bf16 (bench/RESULTS.md); masks, their L1 term and the ReLU count stay float32.
     """
 
     SECTION: ClassVar[str] = "linearize"
@@ -253,6 +257,7 @@ class LinearizeSettings(Section):
     mask_mu: float = bounded(0.1, ge=0)
     mask_epsilon: float = bounded(0.0, ge=0)
     mask_dual_lr: float = bounded(0.01, ge=0)
+    snl_cpu_bf16: bool = False
 
 
 @dataclass(frozen=True)

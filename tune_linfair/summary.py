@@ -22,40 +22,43 @@ from tune_linfair.cache import write_json
 
 
 def _pm(mean: float, low: float, scale: float = 1.0, digits: int = 1) -> str:
-    """``mean ± half-width`` of a 95% interval (``mean`` alone with one seed)."""
+    """``mean±half-width`` of a 95% interval (``mean`` alone with one seed)."""
     if not math.isfinite(mean):
         return "-"
     text = f"{scale * mean:.{digits}f}"
-    return text + (f" ±{scale * (mean - low):.{digits}f}" if math.isfinite(low) else "")
+    return text + (f"±{scale * (mean - low):.{digits}f}" if math.isfinite(low) else "")
 
 
 def front_table(configs: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto-optimal configurations as a table for reading (percent, rounded, 95%
-    half-widths); full precision stays in Parquet."""
+    """The Pareto-optimal configurations as a table for reading at 100 columns (percent,
+    rounded, ±95% half-widths; the config id shortened); full precision stays in Parquet."""
     front = configs[configs["pareto"]].sort_values(["relu_count_mean", "val_accuracy_mean"])
 
-    def knob(row: pd.Series) -> str:
-        for name in ("mu", "epsilon"):
-            if pd.notna(row[name]):
-                return f"{name}={row[name]:.3g}"
-        return ""
+    def mitigation(row: pd.Series) -> str:
+        name = {"accuracy_gap": "acc_gap", "lagrangian": "lagr", "group_dro": "dro"}
+        text = name.get(row["mitigation"], row["mitigation"])
+        for knob, short in (("mu", "mu"), ("epsilon", "eps"), ("eta", "eta")):
+            if pd.notna(row[knob]):
+                text += f" {short}={row[knob]:.2g}"
+        mask = row.get("mask_mitigation")
+        return text if mask in (None, "none") or pd.isna(mask) else f"{text} +mask"
 
     table = pd.DataFrame(
         {
-            "config": front["config_id"],
-            "method": front["method"],
-            "mitigation": front["mitigation"] + front.apply(lambda r: f" {knob(r)}", axis=1),
+            "config": front["config_id"].str[:7],
+            "method": front["method"].replace({"deepreduce": "deepred"}),
+            "mitigation": front.apply(mitigation, axis=1),
             "budget": front["budget"].map(lambda b: f"{b:g}"),
             "ReLUs": front["relu_count_mean"].map(lambda v: f"{v:.0f}"),
-            "lr": front["lr"].map(lambda v: f"{v:.2g}"),
+            "lr": front["lr"].map(lambda v: f"{v:.1g}"),
             "n": front["n_seeds"],
         }
     )
     for metric, label, scale in (
-        ("val_accuracy", "val acc %", 100),
-        ("val_worst_group_drop", "val worst drop %", 1),
-        ("test_accuracy", "test acc %", 100),
-        ("test_worst_group_drop", "test worst drop %", 1),
+        ("val_accuracy", "val acc", 100),
+        ("val_worst_group_drop", "val drop", 1),
+        ("test_accuracy", "test acc", 100),
+        ("test_worst_group_drop", "test drop", 1),
     ):
         pairs = zip(front[f"{metric}_mean"], front[f"{metric}_ci_low"])
         table[label] = [_pm(m, lo, scale) for m, lo in pairs]
@@ -76,8 +79,8 @@ def summarize(run_dir: Path) -> int:
     )
     if (configs["status"] == "ok").any():
         print(
-            "Pareto-optimal configurations (means over seeds ±95% interval; val accuracy max, "
-            "val worst-group drop min, ReLUs min):"
+            "Pareto-optimal configurations: means over seeds ±95% interval, accuracy and\n"
+            "worst-group relative drop in % (val accuracy max, val drop min, ReLUs min):"
         )
         print(front_table(configs).to_string(index=False))
         agree = aggregate.rank_agreement(configs)
@@ -93,8 +96,8 @@ def summarize(run_dir: Path) -> int:
             low, high = att["hypervolume_ci"]
             print(
                 f"Seeds' fronts: hypervolume {att['hypervolume_mean']:.3f} "
-                f"(95% interval {low:.3f}-{high:.3f} over {len(seeds)} seeds); median "
-                f"attainment surface in {run_dir / 'attainment.json'}"
+                f"(95% interval {low:.3f}-{high:.3f} over {len(seeds)} seeds)\n"
+                f"Median attainment surface: {run_dir / 'attainment.json'}"
             )
         print(f"Pareto plot: {plot_pareto(configs, run_dir / 'pareto.png')}")
     for table in ("configs", "trials", "groups", "samples"):

@@ -124,6 +124,7 @@ def linearize(
                 mask_mu=settings.mask_mu,
                 mask_epsilon=settings.mask_epsilon,
                 mask_dual_lr=settings.mask_dual_lr,
+                cpu_bf16=settings.snl_cpu_bf16,
                 generator=generator,
                 progress=progress,
             )

@@ -163,6 +163,7 @@ def snl(
     mask_mu: float = 0.1,
     mask_epsilon: float = 0.0,
     mask_dual_lr: float = 0.01,
+    cpu_bf16: bool = False,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> SNLResult:
@@ -176,6 +177,7 @@ def snl(
     ``ceil(n_train / batch_size)`` steps, as the original updates it once per epoch).
     ``mask_mitigation`` (with ``mask_mu``, ``mask_epsilon``, ``mask_dual_lr``) adds a
     per-group term to the loss, its multipliers updated after every epoch (module docstring).
+    ``cpu_bf16`` runs the steps under bf16 autocast on CPU (masks and count stay float32).
     """
     layers = [layer for _, layer in linearizable_layers(student)]
     for layer in layers:
@@ -237,6 +239,7 @@ def snl(
             augment=random_crop_flip if data.augment else None,
             step_hook=schedule,
             step_offset=steps,
+            cpu_bf16=cpu_bf16,
         )
         steps += int(log["steps"])
         epochs += 1
