@@ -287,6 +287,13 @@ def test_grid_with_repeats_aggregates_over_seeds(ray_address: str, tmp_path: Pat
             assert row[f"{metric}_std"] == pytest.approx(x.std(ddof=1), nan_ok=True)
             assert row[f"{metric}_ci_high"] == pytest.approx(x.mean() + half, nan_ok=True)
     assert "4 trials (4 ok, 0 failed): 2 configurations on seeds [0, 1]" in out
+    # the saved space spells out the data set's effective options (the split protocol), so
+    # a resume keeps the split even if a loader default changes later
+    import yaml
+
+    saved = yaml.safe_load((run / "space.yaml").read_text())
+    assert saved["data"]["options"]["balanced_val"] is True
+    assert saved["data"]["options"]["minority_share"] == 0.3
     assert "Pareto-optimal configurations" in out and "Validation ranks test" in out
 
 

@@ -143,6 +143,16 @@ def _with_defaults(args: argparse.Namespace, **saved) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
+def with_effective_data_options(space: SearchSpace) -> SearchSpace:
+    """The space with its data set's effective options written out (the loader's defaults
+    with the space's on top). The sweep saves and its trials parse this form, so a resumed
+    sweep keeps its split even if a later version changes a loader's default."""
+    from tune_linfair.stages import data_options
+
+    data = {**(space.raw.get("data") or {}), "options": data_options(space.experiment)}
+    return parse_space({**space.raw, "data": data}, space.name)
+
+
 def _data_overrides(args: argparse.Namespace) -> list[str]:
     overrides = []
     if args.data_root:
@@ -332,6 +342,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
     args, space, record = resolve(args)
     validate_args(args, space)
     preflight(space, args.objective)
+    space = with_effective_data_options(space)
     run = rundir.locate(args.storage_path, args.run_dir, space.name, args.objective, record)
     run_dir = run.path
 
