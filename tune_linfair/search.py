@@ -33,7 +33,7 @@ from tune_linfair.errors import UserError
 from tune_linfair.interrupt import InterruptWatch, SweepInterrupted
 from tune_linfair.rundir import SweepRecord
 from tune_linfair.spaces import SearchSpace, apply_overrides, load_space, parse_space
-from tune_linfair.stages import preflight
+from tune_linfair.stages import preflight, with_effective_data_options
 from tune_linfair.summary import summarize
 from tune_linfair.trial import SEARCHES, suggest
 
@@ -141,16 +141,6 @@ def _with_defaults(args: argparse.Namespace, **saved) -> argparse.Namespace:
         if values.get(name) is None:
             values[name] = default
     return argparse.Namespace(**values)
-
-
-def with_effective_data_options(space: SearchSpace) -> SearchSpace:
-    """The space with its data set's effective options written out (the loader's defaults
-    with the space's on top). The sweep saves and its trials parse this form, so a resumed
-    sweep keeps its split even if a later version changes a loader's default."""
-    from tune_linfair.stages import data_options
-
-    data = {**(space.raw.get("data") or {}), "options": data_options(space.experiment)}
-    return parse_space({**space.raw, "data": data}, space.name)
 
 
 def _data_overrides(args: argparse.Namespace) -> list[str]:

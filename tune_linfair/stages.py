@@ -36,7 +36,7 @@ from tune_linfair.metrics.cost import cost_model_for
 from tune_linfair.models import count_relus, create_model, save_checkpoint, total_relus
 from tune_linfair.models.checkpoint import load_model
 from tune_linfair.pretrain import pretrain
-from tune_linfair.spaces import SearchSpace
+from tune_linfair.spaces import SearchSpace, parse_space
 from tune_linfair.train import resolve_device, seed_everything
 from tune_linfair.trial import TrialParams, fraction, trial_row
 
@@ -339,6 +339,14 @@ def run_trial(
 
 
 # -- before a sweep ----------------------------------------------------------------------
+def with_effective_data_options(space: SearchSpace) -> SearchSpace:
+    """The space with its data set's effective options written out (the loader's defaults
+    with the space's on top). The sweep saves and its trials parse this form, so a resumed
+    sweep keeps its split even if a later version changes a loader's default."""
+    data = {**(space.raw.get("data") or {}), "options": data_options(space.experiment)}
+    return parse_space({**space.raw, "data": data}, space.name)
+
+
 def preflight(space: SearchSpace, objective: str) -> None:
     """Fail before Ray starts on what would fail every trial: missing data, a model that
     cannot take the data, budgets above the model's total, impossible DeepReDuce budgets."""
