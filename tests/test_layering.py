@@ -32,6 +32,7 @@ TORCH_FREE = [
     "tune_linfair.rundir",
     "tune_linfair.pareto",
     "tune_linfair.results",
+    "tune_linfair.schemas",
     "tune_linfair.aggregate",
     "tune_linfair.summary",
     "tune_linfair.interrupt",
