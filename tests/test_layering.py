@@ -33,6 +33,7 @@ TORCH_FREE = [
     "tune_linfair.pareto",
     "tune_linfair.results",
     "tune_linfair.schemas",
+    "tune_linfair.jobs",
     "tune_linfair.aggregate",
     "tune_linfair.summary",
     "tune_linfair.interrupt",
