@@ -238,7 +238,16 @@ def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path:
     assert len(pd.read_parquet(run / "trials")) == 4  # pandas reads the dataset directly
     groups = results.load_groups(run)
     test_ft = groups[(groups["stage"] == "finetuned") & (groups["split"] == "test")]
-    assert test_ft["grad_norm"].notna().all() and test_ft["hessian_top_eig"].notna().all()
+    # the diagnose phase ran on the front's configurations (every seed), and only there
+    # do the fine-tuned models carry gradients, Hessians and boundary distances
+    front = set(configs.loc[configs["pareto"], "config_id"])
+    diagnosed = set(trials.loc[trials["config_id"].isin(front), "trial_id"])
+    stages = results.load_stages(run)
+    assert set(stages.loc[stages["phase"] == "diagnose", "key"]) == diagnosed
+    heavy = test_ft["trial_id"].isin(diagnosed)
+    for col in ("grad_norm", "hessian_top_eig", "mean_geometric_distance"):
+        assert test_ft.loc[heavy, col].notna().all() and test_ft.loc[~heavy, col].isna().all()
+    assert set(stages.loc[stages["phase"] == "base", "seed"]) == {1}  # seed 0 was cached
 
     _, _, table = out.partition("Pareto-optimal configurations")
     assert table, out[-3000:]
@@ -251,15 +260,17 @@ def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path:
     assert in_flight & set(trials["trial_id"])  # rerun after the stop, told COMPLETE
 
     # the cache: the seed-0 base model reused, not retrained (seed 1 trained once); one
-    # linearized model per distinct (method, budget, seed) over both sweeps, the grid
-    # sweep's reused where they meet
+    # linearized model per distinct (method, budget, seed) over both sweeps (the pareto
+    # sweep's linearize phase builds all 4 its space can ask for), the grid sweep's reused
+    # where they meet
     assert base in artifact_dirs(storage, "base") and len(artifact_dirs(storage, "base")) == 2
     assert set(trials.loc[trials["seed"] == 0, "base_key"]) == {base.name}
     assert {p: (p / "meta.json").stat().st_mtime_ns for p in (base, lin)} == stamps
     both = pd.concat([results.load_trials(resumed_grid["run"]), trials])
     per_combo = both.groupby(["method", "budget", "seed"])["lin_key"]
     assert per_combo.nunique().eq(1).all()
-    assert len(artifact_dirs(storage, "linearized")) == per_combo.ngroups
+    combos = set(per_combo.groups) | {("snl", b, s) for b in (0.5, 0.2) for s in (0, 1)}
+    assert len(artifact_dirs(storage, "linearized")) == len(combos)
 
 
 @pytest.mark.ray

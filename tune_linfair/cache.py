@@ -28,6 +28,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,11 +118,13 @@ def linearized_key(
 # -- artifacts ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Artifact:
-    """A cached stage output: its key, directory and ``meta.json`` record."""
+    """A cached stage output: its key, directory and ``meta.json`` record, and how long the
+    caller that got it waited on its lock (``lock_wait_s``, 0 when it was there already)."""
 
     key: str
     path: Path
     meta: dict
+    lock_wait_s: float = 0.0
 
     @property
     def checkpoint(self) -> Path:
@@ -159,17 +162,20 @@ def cached(
     """Return the artifact ``kind/key``, computing it under the key's lock if absent.
 
     ``compute(path)`` must write ``path/"model.pt"`` and return the meta record.
-    Returns ``(artifact, computed)``; ``computed`` is False when it was reused.
+    Returns ``(artifact, computed)``; ``computed`` is False when it was reused. The
+    artifact's ``lock_wait_s`` is the time spent waiting for another process's lock.
     """
     path = artifact_dir(cache_dir, kind, key)
     meta = read_meta(path)
     if meta is not None:
         return Artifact(key, path, meta), False
     path.mkdir(parents=True, exist_ok=True)
+    asked = time.monotonic()
     with FileLock(str(artifact_lock(path)), timeout=LOCK_TIMEOUT_S):
+        waited = time.monotonic() - asked
         meta = read_meta(path)  # another worker may have finished it meanwhile
         if meta is not None:
-            return Artifact(key, path, meta), False
+            return Artifact(key, path, meta, waited), False
         meta = compute(path)
         write_json(path / "meta.json", meta)
-    return Artifact(key, path, meta), True
+    return Artifact(key, path, meta, waited), True

@@ -100,8 +100,9 @@ def summarize(run_dir: Path) -> int:
                 f"Median attainment surface: {run_dir / 'attainment.json'}"
             )
         print(f"Pareto plot: {plot_pareto(configs, run_dir / 'pareto.png')}")
-    for table in ("configs", "trials", "groups", "samples"):
-        print(f"Parquet {table}: {run_dir / table}")
+    for table in ("configs", "trials", "groups", "samples", "stages"):
+        if (run_dir / table).is_dir():
+            print(f"Parquet {table}: {run_dir / table}")
     print(f"Report: python analysis/report.py {run_dir}")
     return failed
 

@@ -55,13 +55,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a parameterless model)."""
     return next((p.device for p in model.parameters()), torch.device("cpu"))
