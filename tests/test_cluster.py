@@ -161,9 +161,7 @@ def test_trials_use_the_device_ray_gave_them() -> None:
     def probe() -> tuple[list, str | None, str]:
         return ray.get_gpu_ids(), os.environ.get("CUDA_VISIBLE_DEVICES"), str(trial_device())
 
-    ray.init(
-        address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False
-    )
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         half = ray.remote(num_gpus=0.5, num_cpus=0.5)(probe)
         a, b = ray.get([half.remote(), half.remote()])
