@@ -248,6 +248,18 @@ def _group_row(ids: Mapping[str, str], row: Mapping[str, Any], n_train: list[int
     return {**ids, **row, **fractions, "n_train": n_train[int(row["group"])]}
 
 
+def linearization_columns(log: Mapping[str, Any]) -> dict[str, Any]:
+    """The trials columns that report how the linearization went, from its log (the
+    linearized artifact's meta): ``reached_budget`` and ``threshold_count`` (SNL; None for
+    other methods), ``lin_steps`` and ``lin_epochs``."""
+    return {
+        "reached_budget": log.get("reached_budget"),
+        "threshold_count": log.get("threshold_count"),
+        "lin_steps": log.get("steps"),
+        "lin_epochs": log.get("epochs"),
+    }
+
+
 def run_trial(
     exp: ExperimentConfig,
     params: TrialParams | Mapping[str, Any],
@@ -319,6 +331,7 @@ def run_trial(
         "checkpoint_path": str(checkpoint),
         "base_key": base.key,
         "lin_key": lin.key,
+        **linearization_columns(lin.meta["log"]),
     }
     for split, values in summary.items():
         measured[f"{split}_accuracy"] = fraction(values.get("accuracy"))

@@ -100,10 +100,29 @@ def summarize(run_dir: Path) -> int:
                 f"Median attainment surface: {run_dir / 'attainment.json'}"
             )
         print(f"Pareto plot: {plot_pareto(configs, run_dir / 'pareto.png')}")
+    warning = snl_budget_warning(trials)
+    if warning:
+        print(warning)
     for table in ("configs", "trials", "groups", "samples"):
         print(f"Parquet {table}: {run_dir / table}")
     print(f"Report: python analysis/report.py {run_dir}")
     return failed
+
+
+def snl_budget_warning(trials: pd.DataFrame) -> str | None:
+    """One line when ok SNL trials ran out of mask-training epochs before their ReLU budget
+    (``reached_budget`` false: their masks are the largest ones of an unfinished penalty
+    schedule, not SNL's choice), naming how many and what to change; else None."""
+    if "reached_budget" not in trials:
+        return None
+    snl = trials[((trials["status"] == "ok") & (trials["method"] == "snl")).fillna(False)]
+    short = int((snl["reached_budget"] == False).fillna(False).sum())  # noqa: E712
+    if not short:
+        return None
+    return (
+        f"warning: {short} of {len(snl)} SNL trials hit linearize.max_epochs before their "
+        "budget: raise it or linearize.c0"
+    )
 
 
 def plot_pareto(configs: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
