@@ -443,4 +443,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tune_linfair.cli import run_program
+
+    sys.exit(run_program(main))
