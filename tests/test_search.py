@@ -24,6 +24,7 @@ import pytest
 from sweep_helpers import ENV, NO_HESSIAN, TINY, session_pids
 
 from tune_linfair import aggregate, results, search, stages
+from tune_linfair.cache import computations
 
 # Two grid points that differ only in the mitigation: they share one linearized model.
 GRID2 = [
@@ -260,6 +261,9 @@ def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path:
     per_combo = both.groupby(["method", "budget", "seed"])["lin_key"]
     assert per_combo.nunique().eq(1).all()
     assert len(artifact_dirs(storage, "linearized")) == per_combo.ngroups
+    # each computed exactly once over both sweeps, the resume and the concurrent trials
+    for kind in ("base", "linearized"):
+        assert all(len(computations(p)) == 1 for p in artifact_dirs(storage, kind)), kind
 
 
 @pytest.mark.ray
@@ -385,6 +389,10 @@ def test_trials_sharing_a_budget_share_the_linearized_model(resumed_grid: dict) 
     assert len(resumed_grid["base_dirs"]) == 1
     assert trials["lin_key"].nunique() == 1 and trials["base_key"].nunique() == 1
     assert set(trials["lin_key"]) == {p.name for p in resumed_grid["lin_dirs"]}
+    # computed once, though the driver was killed during base training and again after
+    # the first trial: the killed computation left no record, the resumed one did
+    for path in resumed_grid["base_dirs"] + resumed_grid["lin_dirs"]:
+        assert len(computations(path)) == 1, path
 
 
 # -- the README's main command ------------------------------------------------------------
