@@ -19,6 +19,7 @@ import pandas as pd
 
 from tune_linfair import aggregate, results
 from tune_linfair.cache import write_json
+from tune_linfair.plotdata import save_figure
 
 
 def _pm(mean: float, low: float, scale: float = 1.0, digits: int = 1) -> str:
@@ -131,7 +132,9 @@ def plot_pareto(configs: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
     Colour = method; Pareto configurations (the ``pareto`` column of the configs table, the
     3-objective front on means) are ringed in black. matplotlib is imported here, with the
-    Agg backend, only when a plot is asked for. analysis/pareto.py draws the fuller version.
+    Agg backend, only when a plot is asked for. The plotted numbers go beside it
+    (``pareto.data.json``, :mod:`tune_linfair.plotdata`). analysis/pareto.py draws the
+    fuller version.
     """
     import matplotlib
 
@@ -166,8 +169,6 @@ def plot_pareto(configs: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    out = save_figure(fig, path, dpi=120)
     plt.close(fig)
     return out
