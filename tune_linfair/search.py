@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 from tune_linfair import rundir
+from tune_linfair.cli import run_program
 from tune_linfair.errors import UserError
 from tune_linfair.interrupt import InterruptWatch, SweepInterrupted
 from tune_linfair.rundir import SweepRecord
@@ -443,6 +444,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from tune_linfair.cli import run_program
-
     sys.exit(run_program(main))
