@@ -96,3 +96,22 @@ def test_gradients_hessian_distance_are_float32_under_autocast(setup) -> None:
     assert _close(grad, ref_grad) and _close(dist, ref_dist)
     assert eig == pytest.approx(ref_eig, rel=1e-4)
     assert not _close(raw, ref_grad[0])  # the bf16 value fails the same check
+
+
+def test_float32_switches_tf32_off_and_restores_it() -> None:
+    """CUDA's TF32 (10 significant bits; cuDNN convolutions use it by default) is off inside
+    and back as it was after. The flags are process state, so this runs without a GPU."""
+    from tune_linfair.numerics import float32
+
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = True
+        with float32():
+            assert [f.allow_tf32 for f in flags] == [False, False]
+            assert not torch.is_autocast_enabled("cpu")
+        assert [f.allow_tf32 for f in flags] == [True, True]
+    finally:
+        for f, value in zip(flags, saved):
+            f.allow_tf32 = value

@@ -24,16 +24,18 @@ def float32() -> Iterator[None]:
 
     Restores every setting on exit. Tensors keep their dtype: a float32 model computes in
     float32 (the package's models are float32; autocast is the only reduced precision).
+    TF32 is switched with the ``allow_tf32`` flags, the form every PyTorch version and
+    library reads consistently (torch 2.9's ``fp32_precision`` for convolutions makes the
+    ``allow_tf32`` query raise while it is set).
     """
-    matmul = torch.backends.cuda.matmul
-    conv = torch.backends.cudnn.conv
-    saved = (matmul.fp32_precision, conv.fp32_precision)
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (matmul.allow_tf32, cudnn.allow_tf32)
     with ExitStack() as stack:
         stack.enter_context(torch.autocast("cpu", enabled=False))
         if torch.cuda.is_available():
             stack.enter_context(torch.autocast("cuda", enabled=False))
-        matmul.fp32_precision, conv.fp32_precision = "ieee", "ieee"
+        matmul.allow_tf32, cudnn.allow_tf32 = False, False
         try:
             yield
         finally:
-            matmul.fp32_precision, conv.fp32_precision = saved
+            matmul.allow_tf32, cudnn.allow_tf32 = saved
