@@ -21,12 +21,23 @@ GRID = ["--objective", "grid", "--max-concurrent", "1",
         "--set", "grid.method=[snl]", "--set", "grid.budget=[1.0,0.05]",
         "--set", "grid.mitigation=[none]", "--set", "grid.seed=[0]",
         "--set", "linearize.max_epochs=1", "--set", "linearize.c0=1.0e-7"]  # fmt: skip
+CHEAP = ["--set", "base.epochs=1", "--set", "diagnostics.gradients=false",
+         "--set", "diagnostics.boundary=false"]  # fmt: skip
 BATCH = 64  # linearize.batch_size of the default space
 
 
 def test_snl_short_of_budget_is_in_parquet_and_warned(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [*GRID, *TINY, *NO_HESSIAN, "--run-dir", str(run), "--storage-path", str(tmp_path)]
+    args = [
+        *GRID,
+        *TINY,
+        *NO_HESSIAN,
+        *CHEAP,
+        "--run-dir",
+        str(run),
+        "--storage-path",
+        str(tmp_path),
+    ]
     rc, out = run_sweep(args, tmp_path / "log.txt")
     assert rc == 0, out
     trials = results.load_trials(run).set_index("budget")
