@@ -37,6 +37,7 @@ TORCH_FREE = [
     "tune_linfair.aggregate",
     "tune_linfair.summary",
     "tune_linfair.interrupt",
+    "tune_linfair.plotdata",
     "tune_linfair.metrics.groups",
 ]
 

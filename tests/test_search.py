@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 from sweep_helpers import ENV, NO_HESSIAN, TINY, session_pids
 
-from tune_linfair import aggregate, results, search, stages
+from tune_linfair import aggregate, preflight, results, search
+from tune_linfair.cache import computations
 
 # Two grid points that differ only in the mitigation: they share one linearized model.
 GRID2 = [
@@ -232,7 +233,11 @@ def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path:
     for row in configs.itertuples():
         seeds = trials[trials["config_id"] == row.config_id]
         assert row.val_accuracy_mean == pytest.approx(seeds["val_accuracy"].astype(float).mean())
-    assert trials["pareto"].any()
+    # the pareto flag marks exactly the rows no other row dominates (acc max, drop, ReLUs min)
+    pts = trials[["val_accuracy", "val_worst_group_drop", "relu_count"]].astype(float).to_numpy()
+    pts[:, 0] *= -1
+    dominated = [any((q <= p).all() and (q < p).any() for q in pts) for p in pts]
+    assert trials["pareto"].tolist() == [not d for d in dominated]
     assert (trials["relu_count"] <= trials["budget"] * trials["relu_total"]).all()
     assert trials["val_accuracy"].between(0, 1).all()
     assert len(pd.read_parquet(run / "trials")) == 4  # pandas reads the dataset directly
@@ -271,6 +276,9 @@ def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path:
     assert per_combo.nunique().eq(1).all()
     combos = set(per_combo.groups) | {("snl", b, s) for b in (0.5, 0.2) for s in (0, 1)}
     assert len(artifact_dirs(storage, "linearized")) == len(combos)
+    # each computed exactly once over both sweeps, the resume and the concurrent trials
+    for kind in ("base", "linearized"):
+        assert all(len(computations(p)) == 1 for p in artifact_dirs(storage, kind)), kind
 
 
 @pytest.mark.ray
@@ -396,6 +404,10 @@ def test_trials_sharing_a_budget_share_the_linearized_model(resumed_grid: dict) 
     assert len(resumed_grid["base_dirs"]) == 1
     assert trials["lin_key"].nunique() == 1 and trials["base_key"].nunique() == 1
     assert set(trials["lin_key"]) == {p.name for p in resumed_grid["lin_dirs"]}
+    # computed once, though the driver was killed during base training and again after
+    # the first trial: the killed computation left no record, the resumed one did
+    for path in resumed_grid["base_dirs"] + resumed_grid["lin_dirs"]:
+        assert len(computations(path)) == 1, path
 
 
 # -- the README's main command ------------------------------------------------------------
@@ -407,7 +419,7 @@ def test_readme_main_command_parses_and_preflights() -> None:
     args = search.build_parser().parse_args(["--objective", "pareto"])
     args, space, _ = search.resolve(args)
     search.validate_args(args, space)
-    stages.preflight(space, args.objective)
+    preflight.preflight(space, args.objective)
     assert space.name == "default" and space.experiment.data.name == "digits"
     assert args.address == "local" and args.dashboard_host == "127.0.0.1"
     # no sampled (method, budget) pair of the default can fail: DeepReDuce fits each budget

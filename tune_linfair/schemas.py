@@ -52,6 +52,25 @@ TRIALS_SCHEMA: pa.Schema = _schema(
         ("relu_count", _I, "ReLUs kept (per image) after linearization"),
         ("relu_total", _I, "ReLUs of the all-ReLU model (per image)"),
         ("relu_fraction", _F, "relu_count / relu_total"),
+        (
+            "reached_budget",
+            _B,
+            "SNL: the running ReLU count reached the budget within linearize.max_epochs "
+            "(false: the largest masks were kept anyway; null for other methods)",
+        ),
+        (
+            "threshold_count",
+            _I,
+            "SNL: ReLUs with mask above linearize.threshold when mask training stopped "
+            "(null for other methods)",
+        ),
+        (
+            "lin_steps",
+            _I,
+            "optimizer steps of the linearization (SNL mask training, DeepReDuce "
+            "distillation; 0 for random)",
+        ),
+        ("lin_epochs", _I, "epochs (started) of the linearization's training"),
         ("mu", _F, "multiplier step of the lagrangian mitigation (null for other mitigations)"),
         (
             "epsilon",

@@ -31,12 +31,13 @@ import warnings
 from pathlib import Path
 
 from tune_linfair import rundir
+from tune_linfair.cli import run_program
 from tune_linfair.errors import UserError
 from tune_linfair.interrupt import InterruptWatch, SweepInterrupted
 from tune_linfair.jobs import DIAGNOSE_MODES
+from tune_linfair.preflight import preflight, with_effective_data_options
 from tune_linfair.rundir import SweepRecord
 from tune_linfair.spaces import SearchSpace, apply_overrides, load_space, parse_space
-from tune_linfair.stages import preflight, with_effective_data_options
 from tune_linfair.summary import summarize
 from tune_linfair.trial import SEARCHES
 
@@ -361,4 +362,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_program(main))

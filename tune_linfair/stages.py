@@ -26,17 +26,13 @@ import torch
 from tune_linfair.cache import Artifact, base_key, cached, linearized_key
 from tune_linfair.config import ExperimentConfig, LinearizeSettings, to_dict
 from tune_linfair.data import GroupedDataset, dataset_options, get_dataset
-from tune_linfair.errors import BudgetUnreachable
 from tune_linfair.finetune import finetune
 from tune_linfair.linearize import linearize
-from tune_linfair.linearize.budget import resolve_budget
-from tune_linfair.linearize.deepreduce import select_config
 from tune_linfair.metrics import diagnose, pi_cost, weight_distance
 from tune_linfair.metrics.cost import cost_model_for
 from tune_linfair.models import count_relus, create_model, save_checkpoint, total_relus
 from tune_linfair.models.checkpoint import load_model
 from tune_linfair.pretrain import pretrain
-from tune_linfair.spaces import SearchSpace, parse_space
 from tune_linfair.train import seed_everything
 from tune_linfair.trial import TrialParams, fraction, trial_row
 
@@ -251,6 +247,18 @@ def _group_row(ids: Mapping[str, str], row: Mapping[str, Any], n_train: list[int
     return {**ids, **row, **fractions, "n_train": n_train[int(row["group"])]}
 
 
+def linearization_columns(log: Mapping[str, Any]) -> dict[str, Any]:
+    """The trials columns that report how the linearization went, from its log (the
+    linearized artifact's meta): ``reached_budget`` and ``threshold_count`` (SNL; None for
+    other methods), ``lin_steps`` and ``lin_epochs``."""
+    return {
+        "reached_budget": log.get("reached_budget"),
+        "threshold_count": log.get("threshold_count"),
+        "lin_steps": log.get("steps"),
+        "lin_epochs": log.get("epochs"),
+    }
+
+
 def run_trial(
     exp: ExperimentConfig,
     params: TrialParams | Mapping[str, Any],
@@ -326,6 +334,7 @@ def run_trial(
         "checkpoint_path": str(checkpoint),
         "base_key": base.key,
         "lin_key": lin.key,
+        **linearization_columns(lin.meta["log"]),
     }
     for split, values in summary.items():
         measured[f"{split}_accuracy"] = fraction(values.get("accuracy"))
@@ -392,63 +401,3 @@ def run_diagnose(
     data = load_data(exp, params.seed, device)
     diag = _diagnostics(exp, student, data, "finetuned", base.meta["group_accuracy"])
     return _trial_details(ids, data, base, lin, diag)
-
-
-# -- before a sweep ----------------------------------------------------------------------
-def with_effective_data_options(space: SearchSpace) -> SearchSpace:
-    """The space with its data set's effective options written out (the loader's defaults
-    with the space's on top). The sweep saves and its trials parse this form, so a resumed
-    sweep keeps its split even if a later version changes a loader's default."""
-    data = {**(space.raw.get("data") or {}), "options": data_options(space.experiment)}
-    return parse_space({**space.raw, "data": data}, space.name)
-
-
-def preflight(space: SearchSpace, objective: str) -> set[tuple[str, float]]:
-    """Fail before Ray starts on what would fail every trial: missing data, a model that
-    cannot take the data, budgets above the model's total, impossible DeepReDuce budgets.
-    Returns the (method, budget) pairs no model can meet (their trials will fail)."""
-    exp = space.experiment
-    seeds = _values(space, "seed", objective) or [0]
-    data = load_data(exp, int(seeds[0]))
-    model = create_model(
-        exp.model.name, data.num_classes, data.input_shape, exp.model.width, exp.model.granularity
-    )
-    total = total_relus(model)
-    methods = _values(space, "method", objective)
-    budgets = _budget_values(space, objective)
-    for budget in budgets:
-        resolve_budget(budget, total)
-    if "deepreduce" in methods and budgets:
-        # Staged model required; budgets no configuration meets fail their own trials
-        # (recorded as failed rows), unless no budget at all can be met.
-        unmet = []
-        for budget in budgets:
-            try:
-                select_config(model, budget)
-            except BudgetUnreachable as err:
-                unmet.append((budget, err))
-        if len(unmet) == len(budgets):
-            raise unmet[0][1]
-        for budget, _ in unmet:
-            print(f"note: deepreduce cannot meet budget {budget}; those trials will fail")
-        return {("deepreduce", budget) for budget, _ in unmet}
-    return set()
-
-
-def _values(space: SearchSpace, key: str, objective: str) -> list:
-    if objective == "grid" and key in space.grid:
-        return list(space.grid[key])
-    spec = space.search.get(key)
-    if spec is None:
-        return []
-    if isinstance(spec, dict):
-        return list(spec.get("choices", []))
-    return [spec]
-
-
-def _budget_values(space: SearchSpace, objective: str) -> list:
-    values = _values(space, "budget", objective)
-    spec = space.search.get("budget")
-    if objective != "grid" and isinstance(spec, dict) and "low" in spec:
-        values = [spec["low"], spec["high"]]
-    return values
