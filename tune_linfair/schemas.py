@@ -80,6 +80,12 @@ TRIALS_SCHEMA: pa.Schema = _schema(
             "online latency with the network's linear part, where measured (resnet18 32x32)",
         ),
         ("est_online_comm_total_mb", _F, "online communication with the linear part (MB)"),
+        (
+            "resumed_from_epoch",
+            _I,
+            "fine-tuning epochs done by the checkpoint the trial resumed from after a worker "
+            "or driver was killed (null: it ran straight through)",
+        ),
         ("wall_time_s", _F, "wall-clock time of the trial (s)"),
         ("status", _S, "ok or failed"),
         ("error", _S, "reason of the failure (null when ok)"),

@@ -288,9 +288,12 @@ def trial_row(
     wall_time_s: float,
     measured: Mapping[str, Any] | None = None,
     error: str | None = None,
+    resumed_from_epoch: int | None = None,
 ) -> dict[str, Any]:
     """The ``trials`` row of one trial: ok with every :data:`MEASURED` value, or failed
-    (``measured`` None) with its ``error``. Parameters that do not apply are null."""
+    (``measured`` None) with its ``error``. Parameters that do not apply are null.
+    ``resumed_from_epoch``: the fine-tuning epochs done by the checkpoint the trial resumed
+    from (None: it ran straight through)."""
     if (measured is None) == (error is None):
         raise ValueError("give measured values (ok trial) or an error (failed trial)")
     if measured is not None and set(measured) != set(MEASURED):
@@ -318,6 +321,7 @@ def trial_row(
     }
     row.update({k: None if measured is None else measured[k] for k in MEASURED})
     row.update(
+        resumed_from_epoch=resumed_from_epoch,
         wall_time_s=wall_time_s,
         status="ok" if error is None else "failed",
         error=None if error is None else error[:2000],
