@@ -20,13 +20,15 @@ import numpy as np
 import pytest
 import torch
 
-from tune_linfair import checkpointing
+from tune_linfair import checkpointing, retries
 from tune_linfair.checkpointing import DirectoryCheckpointer, for_stage
 from tune_linfair.config import FinetuneSettings, PretrainSettings
 from tune_linfair.data import get_dataset
+from tune_linfair.errors import UserError
 from tune_linfair.finetune import finetune
 from tune_linfair.models import create_model, linearizable_layers
 from tune_linfair.pretrain import pretrain
+from tune_linfair.search import build_parser
 
 torch.set_num_threads(1)
 
@@ -173,3 +175,22 @@ def test_checkpoint_every_zero_never_saves(digits, models, tmp_path: Path) -> No
     )
     assert list(tmp_path.iterdir()) == []
 
+
+def test_options_default_resume_and_refuse() -> None:
+    """Defaults for a new sweep; a resumed sweep keeps its recorded values (a changed
+    --checkpoint-every applies, a changed --max-failures cannot: Tune restores its own)."""
+    parse = build_parser().parse_args
+    new = retries.settle(parse([]), None)
+    assert (new.checkpoint_every, new.max_failures) == (
+        retries.CHECKPOINT_EVERY,
+        retries.MAX_FAILURES,
+    )
+    recorded = {"checkpoint_every": 4, "max_failures": 3}
+    resumed = retries.settle(parse(["--resume"]), recorded)
+    assert (resumed.checkpoint_every, resumed.max_failures) == (4, 3)
+    changed = retries.settle(parse(["--checkpoint-every", "2", "--max-failures", "3"]), recorded)
+    assert (changed.checkpoint_every, changed.max_failures) == (2, 3)
+    with pytest.raises(UserError, match="keeps the sweep's --max-failures 3"):
+        retries.settle(parse(["--max-failures", "1"]), recorded)
+    old_record = retries.settle(parse([]), {"objective": "grid"})  # before these options
+    assert old_record.max_failures == retries.MAX_FAILURES

@@ -28,7 +28,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from tune_linfair import rundir
+from tune_linfair import retries, rundir
 from tune_linfair.errors import UserError
 from tune_linfair.interrupt import InterruptWatch, SweepInterrupted
 from tune_linfair.rundir import SweepRecord
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="Optuna constraint: validation accuracy at most this many points below the base",
     )
+    retries.add_options(p)
     return p
 
 
@@ -330,6 +331,7 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
 def run_sweep(args: argparse.Namespace) -> Path:
     """Validate everything, start Ray, run (or resume) the sweep, summarize. Returns RUN."""
     args, space, record = resolve(args)
+    args = retries.settle(args, record.args if record else None)
     validate_args(args, space)
     preflight(space, args.objective)
     space = with_effective_data_options(space)
@@ -359,6 +361,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
             run_id=run.run_id,
             cpus_per_trial=args.cpus_per_trial,
             max_accuracy_drop=args.max_accuracy_drop,
+            checkpoint_every=args.checkpoint_every,
         )
         trainable = tune.with_resources(
             tune.with_parameters(search_trial, context=context),
@@ -399,7 +402,8 @@ def build_tuner(args: argparse.Namespace, space: SearchSpace, trainable, run_dir
     run_config = tune.RunConfig(
         name="tune",
         storage_path=str(run_dir),
-        failure_config=tune.FailureConfig(max_failures=0),
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=retries.CHECKPOINTS_KEPT),
         verbose=1,
     )
     if args.objective == "grid":
