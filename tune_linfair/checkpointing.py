@@ -60,11 +60,12 @@ def checkpoint_due(checkpoint: Checkpointer | None, epoch: int) -> bool:
 def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
     """Every random state training draws from: torch (CPU and each CUDA device), NumPy,
     Python's ``random`` and the loop's batch-order ``generator``. Tensors and plain Python
-    only, so ``torch.load(weights_only=True)`` reads it."""
+    only, so ``torch.load(weights_only=True)`` reads it. CUDA states only once CUDA is in use
+    (before that nothing drew from them, and reading them would start a context per GPU)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "python": random.getstate(),
         "generator": None if generator is None else generator.get_state(),

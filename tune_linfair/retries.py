@@ -5,12 +5,13 @@ Base training and fine-tuning save their full state as a Ray Tune checkpoint eve
 :class:`tune_linfair.trainables.TuneCheckpointer`). A trial whose worker process dies (killed,
 out of memory, a node lost) is retried by Tune up to ``--max-failures`` times and continues
 from its last checkpoint; so does every unfinished trial of a ``--resume`` after the driver
-was killed. A trial that failed for a deterministic reason has written its ``failed`` row:
-its retries fail at once from that row, so they cost a worker start, not a rerun.
+was killed. A trial that failed for a reason of its own (a NaN loss, an
+unreachable budget) has written its ``failed`` row and is not retried
+(:class:`tune_linfair.trainables.NoRetryOfRecordedFailures`).
 
 Neither option is part of any cache key or of the results: they change where a trial
-resumes, not what it computes. Torch-free and Ray-free: the command line is parsed here,
-``search.py`` builds Tune's ``FailureConfig`` from the result.
+resumes, not what it computes. Torch-free and Ray-free: the command line is parsed here;
+:func:`tune_linfair.trainables.fault_tolerance` builds Tune's configuration from it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from tune_linfair.errors import UserError
 
-CHECKPOINT_EVERY = 1
+CHECKPOINT_EVERY = 5
 """Default epochs between checkpoints (bench/RESULTS.md: the overhead on the main job)."""
 MAX_FAILURES = 1
 """Default retries of a trial whose worker died."""

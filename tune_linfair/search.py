@@ -398,13 +398,11 @@ def build_tuner(args: argparse.Namespace, space: SearchSpace, trainable, run_dir
     a 4-trial sweep 2.15x faster (bench/RESULTS.md, section 1)."""
     from ray import tune
 
+    from tune_linfair.trainables import fault_tolerance
+
     max_concurrent = args.max_concurrent or space.max_concurrent
     run_config = tune.RunConfig(
-        name="tune",
-        storage_path=str(run_dir),
-        failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=retries.CHECKPOINTS_KEPT),
-        verbose=1,
+        name="tune", storage_path=str(run_dir), verbose=1, **fault_tolerance(args.max_failures)
     )
     if args.objective == "grid":
         points = [{**p, "point_index": i} for i, p in enumerate(space.grid_points())]

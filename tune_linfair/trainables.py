@@ -30,6 +30,7 @@ from ray import tune
 from tune_linfair import results
 from tune_linfair.checkpointing import STATE_FILE, checkpoint_due, load_state, save_state
 from tune_linfair.config import ExperimentConfig
+from tune_linfair.retries import CHECKPOINT_EVERY, CHECKPOINTS_KEPT
 from tune_linfair.spaces import parse_space
 from tune_linfair.stages import run_base, run_trial
 from tune_linfair.trial import OBJECTIVES, TrialParams, accuracy_drop_points, fraction, trial_row
@@ -45,7 +46,7 @@ class SweepContext:
     run_id: str
     cpus_per_trial: float
     max_accuracy_drop: float | None = None
-    checkpoint_every: int = 1
+    checkpoint_every: int = CHECKPOINT_EVERY
 
     def experiment(self) -> ExperimentConfig:
         return parse_space(self.space_raw).experiment
@@ -75,6 +76,47 @@ def trial_dir(run_dir: str | Path, trial_id: str) -> Path:
 
 class TrialFailed(RuntimeError):
     """A trial failed; its ``failed`` row is already written."""
+
+
+PROGRESS_FILL: dict[str, Any] = {**{o.name: math.nan for o in OBJECTIVES}, "final": False}
+"""What every report before the final one carries: Tune refuses a result without the
+searched metrics (a base-training checkpoint has none yet)."""
+
+
+RECORDED_FAILURE = "failed_row_written"
+"""Key of the last report of a trial that failed for a reason of its own (its ``failed`` row
+is written): :class:`NoRetryOfRecordedFailures` then tells Tune not to retry it."""
+
+
+class NoRetryOfRecordedFailures(tune.Callback):
+    """Tune retries a failed trial up to ``FailureConfig.max_failures`` times, which is meant
+    for a worker that died (a retry continues from the trial's checkpoint). A trial that
+    failed for a reason of its own (a NaN loss, an unreachable budget) would fail again: it
+    reports :data:`RECORDED_FAILURE` just before it raises, and this callback lowers that
+    trial's retry budget to the failures it has had, so Tune gives up at once and the
+    searcher is told FAIL (``Trial.should_recover``: ``num_failures <= max_failures``)."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
+        if result.get(RECORDED_FAILURE):
+            trial.max_failures = min(trial.max_failures, trial.run_metadata.num_failures)
+
+
+def fault_tolerance(max_failures: int) -> dict[str, Any]:
+    """The ``tune.RunConfig`` arguments of a sweep's retries: ``max_failures`` retries of a
+    trial whose worker died, none of a recorded failure, the latest
+    :data:`~tune_linfair.retries.CHECKPOINTS_KEPT` checkpoints of each trial kept."""
+    return {
+        "failure_config": tune.FailureConfig(max_failures=max_failures),
+        "checkpoint_config": tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        "callbacks": [NoRetryOfRecordedFailures()],
+    }
+
+
+def _fail_recorded(reason: str) -> TrialFailed:
+    """Report that the trial's failure is recorded (no retry, :class:`NoRetryOfRecordedFailures`)
+    and return the exception to raise."""
+    tune.report({**PROGRESS_FILL, RECORDED_FAILURE: True})
+    return TrialFailed(reason)
 
 
 REPORT_EVERY_S = 2.0
@@ -133,11 +175,6 @@ class TuneCheckpointer:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-PROGRESS_FILL: dict[str, Any] = {**{o.name: math.nan for o in OBJECTIVES}, "final": False}
-"""What every report before the final one carries: Tune refuses a result without the
-searched metrics (a base-training checkpoint has none yet)."""
-
-
 def _epoch_reporter(
     exp: ExperimentConfig,
     params: TrialParams,
@@ -194,7 +231,7 @@ def search_trial(config: dict, context: SweepContext) -> None:
         # Failed before (its failed row is written; Optuna is told FAIL once Tune gives up):
         # a retry (--max-failures) or a resumed sweep's rerun fails the same way at once,
         # computing nothing, so Parquet, the configs table and Optuna agree.
-        raise TrialFailed(
+        raise _fail_recorded(
             f"trial {trial_id} failed before this retry or resume: {done.get('error')}"
         )
     exp = context.experiment()
@@ -229,11 +266,11 @@ def search_trial(config: dict, context: SweepContext) -> None:
         try:
             results.write_trial(run_dir, failed, [], [])
         except OSError as write_err:  # disk full, run directory gone or read-only
-            raise TrialFailed(
+            raise TrialFailed(  # not recorded: a retry (--max-failures) may write it
                 f"{reason}; its failed row could not be written to {run_dir} either: "
                 f"{write_err.strerror or write_err}"
             ) from err
-        raise TrialFailed(reason) from err
+        raise _fail_recorded(reason) from err
     tune.report(_objectives(row, context))
 
 
