@@ -164,7 +164,8 @@ def killed_sweep(tmp_path_factory) -> dict:
         kill_session(proc.pid)
         proc.wait()
     state["out"] = (root / "resumed.txt").read_text()
-    after_resume = finetune_checkpoints(run)[n_before_resume:]
+    state["checkpoint_results"] = finetune_checkpoints(run)
+    after_resume = state["checkpoint_results"][n_before_resume:]
     state["first_epoch_after_resume"] = after_resume[0]["epoch"] if after_resume else None
     return state
 
@@ -177,6 +178,17 @@ def test_killed_worker_is_retried_from_its_checkpoint(killed_sweep: dict) -> Non
     # the retry continued where a registered checkpoint left off, not at epoch 0
     assert kill["first_epoch_after"] > 0
     assert kill["first_epoch_after"] in kill["epochs_done"]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_every_checkpoint_carries_its_epochs_metrics(killed_sweep: dict) -> None:
+    """A checkpoint epoch's progress report rides with its checkpoint: none is lost to the
+    2 s report throttle (12 epochs take a few seconds), each has the epoch's objectives."""
+    epochs = [r["checkpoint_epoch"] for r in killed_sweep["checkpoint_results"]]
+    assert sorted(set(epochs)) == list(range(EPOCHS))
+    assert all(r["epoch"] == r["checkpoint_epoch"] for r in killed_sweep["checkpoint_results"])
+    assert all(0 < r["val_accuracy"] <= 1 for r in killed_sweep["checkpoint_results"])
 
 
 @pytest.mark.ray
@@ -222,3 +234,22 @@ def test_killed_twice_rows_equal_an_uninterrupted_run(killed_sweep: dict, tmp_pa
     for key in ("val_accuracy", "test_accuracy", "val_worst_group_drop", "weight_distance"):
         assert row[key] == straight[key], key
     assert row["relu_count"] == straight["relu_count"]
+
+
+def test_restore_falls_back_to_the_newest_kept_checkpoint(tmp_path, monkeypatch) -> None:
+    """Tune keeps the latest checkpoints of a trial and deletes older ones; a driver killed
+    between a deletion and its next experiment-state save leaves a state that points at a
+    deleted checkpoint. That race (milliseconds wide) cannot be produced on demand, so
+    ``tune.get_checkpoint`` is monkeypatched to return such a pointer; everything else is
+    real (states written by the real writer)."""
+    from ray import tune
+
+    from tune_linfair import checkpointing, trainables
+
+    for epoch in (3, 4):
+        checkpointing.save_state(tmp_path / f"checkpoint_00000{epoch}", {"epoch": epoch}, epoch)
+    gone = tune.Checkpoint.from_directory(str(tmp_path / "checkpoint_000002"))
+    monkeypatch.setattr(trainables.tune, "get_checkpoint", lambda: gone)
+    assert trainables.TuneCheckpointer(1).restore() == {"epoch": 4}
+    monkeypatch.setattr(trainables.tune, "get_checkpoint", lambda: None)
+    assert trainables.TuneCheckpointer(1).restore() is None

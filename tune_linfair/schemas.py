@@ -84,7 +84,8 @@ TRIALS_SCHEMA: pa.Schema = _schema(
             "resumed_from_epoch",
             _I,
             "fine-tuning epochs done by the checkpoint the trial resumed from after a worker "
-            "or driver was killed (null: it ran straight through)",
+            "or driver was killed (null: it ran straight through; wall_time_s then counts "
+            "the last attempt)",
         ),
         ("wall_time_s", _F, "wall-clock time of the trial (s)"),
         ("status", _S, "ok or failed"),
