@@ -65,7 +65,7 @@ def sweep(storage: Path, name: str, every: int, args: argparse.Namespace) -> dic
     if proc.returncode != 0:
         raise SystemExit(f"sweep failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
     trial_s, checkpoints = 0.0, 0
-    for path in (run / "tune").glob("*/result.json"):
+    for path in (run / "tune").rglob("result.json"):
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         trial_s += lines[-1]["time_total_s"]
         checkpoints += sum(1 for r in lines if r.get("checkpoint_dir_name"))

@@ -95,7 +95,7 @@ def kill_session(sid: int, wait_s: float = 10.0) -> None:
 def finetune_checkpoints(run: Path) -> list[dict]:
     """The trial's Tune results that carry a fine-tuning checkpoint, in order."""
     rows = []
-    for path in (run / "tune").glob("*/result.json"):
+    for path in sorted((run / "tune").rglob("result.json")):  # any experiment under tune/
         for line in path.read_text().splitlines():
             try:
                 result = json.loads(line)
@@ -153,7 +153,7 @@ def killed_sweep(tmp_path_factory) -> dict:
     after_retry = finetune_checkpoints(run)[len(seen) :]
     state["worker_kill"]["first_epoch_after"] = after_retry[0]["epoch"]
     state["driver_kill"] = {"epochs_done": [r["checkpoint_epoch"] + 1 for r in after_retry]}
-    state["error_file"] = "".join(p.read_text() for p in (run / "tune").glob("*/error.txt"))
+    state["error_file"] = "".join(p.read_text() for p in (run / "tune").rglob("error.txt"))
     n_before_resume = len(finetune_checkpoints(run))
 
     resume = ["--resume", "--run-dir", str(run), "--storage-path", str(storage)]

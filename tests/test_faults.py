@@ -113,7 +113,7 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(failing_sweep: dict) -
     assert set(results.load_groups(run)["trial_id"]) == set(fine.index)
     assert f"3 trials ({len(fine)} ok, {3 - len(fine)} failed)" in failing_sweep["out"]
     # a failure of the trial's own is not retried (--max-failures is for dead workers)
-    errors = [p.read_text() for p in (run / "tune").glob("*/error.txt")]
+    errors = [p.read_text() for p in (run / "tune").rglob("error.txt")]
     assert len(errors) == 3 - len(fine)
     assert all("Failure # 1" in e and "Failure # 2" not in e for e in errors), errors
 
