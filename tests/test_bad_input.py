@@ -67,6 +67,8 @@ CASES = [
     Case("cpus-above-machine", ["--cpus-per-trial", "10000"], ["--cpus-per-trial", "10000"]),
     Case("trials-zero", ["--trials", "0"], ["--trials", "0"]),
     Case("max-concurrent-zero", ["--max-concurrent", "0"], ["--max-concurrent", "0"]),
+    Case("checkpoint-every-negative", ["--checkpoint-every", "-1"], ["--checkpoint-every", "-1"]),
+    Case("max-failures-negative", ["--max-failures", "-2"], ["--max-failures", "-2"]),
     Case("trials-not-int", ["--trials", "three"], ["--trials", "'three'"], True),
     Case("objective-unknown", ["--objective", "best"], ["--objective", "'best'", "pareto"]),
     Case(

@@ -112,6 +112,10 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(failing_sweep: dict) -
     # a failed trial has no group or sample rows; the ok one has all of its own
     assert set(results.load_groups(run)["trial_id"]) == set(fine.index)
     assert f"3 trials ({len(fine)} ok, {3 - len(fine)} failed)" in failing_sweep["out"]
+    # a failure of the trial's own is not retried (--max-failures is for dead workers)
+    errors = [p.read_text() for p in (run / "tune").rglob("error.txt")]
+    assert len(errors) == 3 - len(fine)
+    assert all("Failure # 1" in e and "Failure # 2" not in e for e in errors), errors
 
     storage = JournalStorage(JournalFileBackend(str(run / "optuna.journal")))
     (summary,) = optuna.get_all_study_summaries(storage)

@@ -38,6 +38,7 @@ TORCH_FREE = [
     "tune_linfair.summary",
     "tune_linfair.interrupt",
     "tune_linfair.plotdata",
+    "tune_linfair.retries",
     "tune_linfair.metrics.groups",
 ]
 
@@ -99,7 +100,18 @@ def test_the_probe_sees_torch() -> None:
     assert _loaded_heavy("import tune_linfair.stages") == ["torch"]
 
 
-DEVICE_QUERIES = ("torch.cuda.is_available", "torch.cuda.device_count", "torch.cuda.current_device")
+def _names_a_cuda_device(node: ast.Call) -> bool:
+    """``torch.device("cuda...")``, ``x.to("cuda...")`` or ``x.cuda()``: code that chooses a
+    GPU by itself rather than using the device it was given."""
+    func = ast.unparse(node.func)
+    if func.endswith(".cuda") and not func.startswith("torch."):
+        return True
+    if func == "torch.device" or func.endswith(".to"):
+        return any(
+            isinstance(a, ast.Constant) and isinstance(a.value, str) and a.value.startswith("cuda")
+            for a in node.args
+        )
+    return False
 
 
 @pytest.mark.parametrize(
@@ -107,13 +119,15 @@ DEVICE_QUERIES = ("torch.cuda.is_available", "torch.cuda.device_count", "torch.c
 )
 def test_only_the_orchestration_picks_a_device(path: Path) -> None:
     """Devices come from Ray: ``trainables.trial_device`` asks Ray which GPU a trial got and
-    ``search.validate_args`` counts a local machine's GPUs; nothing else looks for CUDA on
-    its own (a stage that did would take a GPU Ray gave to another trial)."""
-    if path.parent == PACKAGE and path.name in ("trainables.py", "search.py"):
+    passes the device down; nothing else names a CUDA device or asks whether CUDA is there
+    to decide where to run (a stage that did would take a GPU Ray gave another trial).
+    ``search.validate_args`` may count a local machine's GPUs, and the RNG state of
+    ``checkpointing`` may restore the CUDA generators it saved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    if not (path.parent == PACKAGE and path.name == "trainables.py"):
+        assert not any(map(_names_a_cuda_device, calls)), f"{path.relative_to(ROOT)} names a GPU"
+    if path.parent == PACKAGE and path.name in ("trainables.py", "search.py", "checkpointing.py"):
         return
-    calls = {
-        ast.unparse(node.func)
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
-        if isinstance(node, ast.Call)
-    }
-    assert not calls & set(DEVICE_QUERIES), f"{path.relative_to(ROOT)} picks a device itself"
+    asked = {ast.unparse(n.func) for n in calls} & {"torch.cuda.is_available"}
+    assert not asked, f"{path.relative_to(ROOT)} asks whether CUDA is there"

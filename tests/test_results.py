@@ -157,6 +157,7 @@ def make_trial(
         "est_offline_storage_mb": relu * 17072 / 1e6,
         "est_online_latency_total_s": None,
         "est_online_comm_total_mb": None,
+        "resumed_from_epoch": 2 if seed == 1 else None,
         "wall_time_s": 1.5,
         "lock_wait_s": 0.0,
         "node_id": "n0",

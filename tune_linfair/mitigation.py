@@ -380,6 +380,17 @@ class GroupDRO:
         """``{"q": (G,) float64}``: the group weights."""
         return {"q": self.q.clone()}
 
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore weights saved by :meth:`state_dict` (same group count, a distribution)."""
+        q = torch.as_tensor(state["q"], dtype=torch.float64)
+        if (
+            q.shape != (self.num_groups,)
+            or not bool(torch.isfinite(q).all())
+            or bool((q < 0).any())
+        ):
+            raise UserError(f"group weights must be {self.num_groups} finite values >= 0, got {q}")
+        self.q = q.clone()
+
     def end_epoch(self, model: nn.Module | None = None) -> dict[str, float]:
         return {f"q_{a}": float(self.q[a]) for a in range(self.num_groups)}
 

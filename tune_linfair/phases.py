@@ -34,6 +34,7 @@ from tune_linfair.trainables import (
     SweepContext,
     base_trial,
     diagnose_trial,
+    fault_tolerance,
     linearize_trial,
     search_trial,
 )
@@ -43,12 +44,14 @@ from tune_linfair.trial import SEARCHES, suggest
 @dataclasses.dataclass(frozen=True)
 class PhaseRunner:
     """What every phase's Tune experiment shares: the sweep's context, the run directory,
-    one trial's resources and how many trials run at once."""
+    one trial's resources, how many trials run at once, and how many times a trial whose
+    worker died is retried (from its last checkpoint)."""
 
     context: SweepContext
     run: RunDir
     resources: dict[str, float]
     max_concurrent: int
+    max_failures: int
     interrupted: Callable[[], bool]
 
     def run_phase(self, name: str, trainable: Callable, jobs: list[dict[str, Any]]) -> int:
@@ -69,8 +72,8 @@ class PhaseRunner:
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=str(self.run.tune),
-                failure_config=tune.FailureConfig(max_failures=0),
                 verbose=1,
+                **fault_tolerance(self.max_failures),
             ),
         )
         grid = tuner.fit()
@@ -109,8 +112,8 @@ def search(
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(runner.run.tune),
-        failure_config=tune.FailureConfig(max_failures=0),
         verbose=1,
+        **fault_tolerance(runner.max_failures),
     )
     config = {
         "num_samples": 1,

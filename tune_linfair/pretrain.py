@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune_linfair.checkpointing import Checkpointer
 from tune_linfair.config import PretrainSettings
 from tune_linfair.data import GroupedDataset, random_crop_flip
 from tune_linfair.models.activation import weight_parameters
@@ -37,10 +38,13 @@ def pretrain(
     seed: int = 0,
     on_epoch_end: Callable[[int, dict[str, float], nn.Module], None] | None = None,
     progress: bool = False,
+    checkpoint: Checkpointer | None = None,
 ) -> FitResult:
     """Train the all-ReLU ``model`` in place on ``data.train`` with ``settings``; the model
     ends with the weights of its best validation epoch. Batch order and augmentation (crop
-    and flip for 32x32 RGB data) are seeded by ``seed``; the model's device is used."""
+    and flip for 32x32 RGB data) are seeded by ``seed``; the model's device is used.
+    ``checkpoint``: saves every ``checkpoint.every`` epochs and resumes from its last state
+    (:mod:`tune_linfair.checkpointing`)."""
     data = data.to(model_device(model))
     generator = seed_everything(seed)
     params = [p for _, p in weight_parameters(model)]
@@ -63,4 +67,5 @@ def pretrain(
         on_epoch_end=on_epoch_end,
         progress=progress,
         desc="base",
+        checkpoint=checkpoint,
     )

@@ -99,6 +99,13 @@ TRIALS_SCHEMA: pa.Schema = _schema(
             "online latency with the network's linear part, where measured (resnet18 32x32)",
         ),
         ("est_online_comm_total_mb", _F, "online communication with the linear part (MB)"),
+        (
+            "resumed_from_epoch",
+            _I,
+            "fine-tuning epochs done by the checkpoint the trial resumed from after a worker "
+            "or driver was killed (null: it ran straight through; wall_time_s then counts "
+            "the last attempt)",
+        ),
         ("wall_time_s", _F, "wall-clock time of the trial (s)"),
         (
             "lock_wait_s",

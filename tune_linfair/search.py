@@ -30,7 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from tune_linfair import rundir
+from tune_linfair import retries, rundir
 from tune_linfair.cli import run_program
 from tune_linfair.errors import UserError
 from tune_linfair.interrupt import InterruptWatch, SweepInterrupted
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="Optuna constraint: validation accuracy at most this many points below the base",
     )
+    retries.add_options(p)
     return p
 
 
@@ -277,6 +278,7 @@ def check_resources(ray, cpus: float, gpus: float) -> None:
 def run_sweep(args: argparse.Namespace) -> Path:
     """Validate everything, start Ray, run (or resume) the sweep, summarize. Returns RUN."""
     args, space, record = resolve(args)
+    args = retries.settle(args, record.args if record else None)
     validate_args(args, space)
     unreachable = preflight(space, args.objective)
     space = with_effective_data_options(space)
@@ -311,6 +313,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
             run_id=run.run_id,
             cpus_per_trial=args.cpus_per_trial,
             max_accuracy_drop=args.max_accuracy_drop,
+            checkpoint_every=args.checkpoint_every,
         )
         with InterruptWatch() as interrupt:
             runner = phases.PhaseRunner(
@@ -318,6 +321,7 @@ def run_sweep(args: argparse.Namespace) -> Path:
                 run=run,
                 resources={"cpu": args.cpus_per_trial, "gpu": gpus},
                 max_concurrent=args.max_concurrent or space.max_concurrent,
+                max_failures=args.max_failures,
                 interrupted=lambda: interrupt.seen,
             )
             if not args.no_prebuild:

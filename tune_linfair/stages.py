@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from tune_linfair.cache import Artifact, base_key, cached, linearized_key
+from tune_linfair.checkpointing import Checkpointer, for_stage
 from tune_linfair.config import ExperimentConfig, LinearizeSettings, to_dict
 from tune_linfair.data import GroupedDataset, dataset_options, get_dataset
 from tune_linfair.finetune import finetune
@@ -125,12 +126,15 @@ def run_base(
     *,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    checkpoint: Checkpointer | None = None,
 ) -> tuple[Artifact, bool]:
     """Train (or reuse) the all-ReLU base model for ``seed`` (:func:`~tune_linfair.pretrain.pretrain`)
     on ``device`` (the caller's: in a sweep, the one Ray gave the trial).
 
     Its meta holds validation/test accuracy overall and per group and the base diagnostics
     (gradients and Hessians at the base weights, which the paper's Theorem 4.4 needs).
+    ``checkpoint``: training saves there every ``checkpoint.every`` epochs, and resumes from
+    its last ``base`` state (:mod:`tune_linfair.checkpointing`).
     Returns ``(artifact, computed)``.
     """
     device = torch.device(device)
@@ -147,7 +151,14 @@ def run_base(
             exp.model.width,
             exp.model.granularity,
         ).to(device)
-        result = pretrain(model, data, exp.base, seed=seed, progress=progress)
+        result = pretrain(
+            model,
+            data,
+            exp.base,
+            seed=seed,
+            progress=progress,
+            checkpoint=for_stage(checkpoint, "base"),
+        )
         diag = _diagnostics(exp, model, data, "base", None)
         save_checkpoint(path / "model.pt", model, {"model": _model_spec(exp, data)})
         return {
@@ -156,6 +167,7 @@ def run_base(
             "config": to_dict(exp),
             "history": result.history,
             "best_epoch": result.best_epoch,
+            "resumed_from_epoch": result.resumed_from_epoch,
             "accuracy": {s: v["accuracy"] for s, v in diag["summary"].items()},
             "group_accuracy": {s: v["group_accuracy"] for s, v in diag["summary"].items()},
             "group_names": list(data.group_names),
@@ -270,6 +282,7 @@ def run_trial(
     device: str | torch.device = "cpu",
     on_epoch_end: Callable[[int, dict, torch.nn.Module], None] | None = None,
     progress: bool = False,
+    checkpoint: Checkpointer | None = None,
 ) -> TrialOutcome:
     """One trial: base (cached) -> linearize (cached) -> fine-tune -> evaluate.
 
@@ -279,13 +292,18 @@ def run_trial(
     metrics are the search objectives; test metrics are reported, never used for selection.
     The fine-tuned model gets the cheap diagnostics (accuracy, loss, margin per group);
     :func:`run_diagnose` adds gradients, Hessians and boundary distances later.
+    ``checkpoint``: base training (when this trial computes it) and fine-tuning save their
+    state there every ``checkpoint.every`` epochs and resume from it; the row's
+    ``resumed_from_epoch`` says where fine-tuning resumed.
     """
     start = time.time()
     if not isinstance(params, TrialParams):
         params = TrialParams.from_config(params, exp)
     device = torch.device(device)
     seed = params.seed
-    base, base_computed = run_base(exp, seed, cache_dir, device=device, progress=progress)
+    base, base_computed = run_base(
+        exp, seed, cache_dir, device=device, progress=progress, checkpoint=checkpoint
+    )
     lin, lin_computed = run_linearize(
         exp,
         base,
@@ -309,6 +327,7 @@ def run_trial(
         seed=seed,
         on_epoch_end=on_epoch_end,
         progress=progress,
+        checkpoint=for_stage(checkpoint, "finetune"),
     )
     record = {
         "model": _model_spec(exp, data),
@@ -350,6 +369,7 @@ def run_trial(
         measured=measured,
         lock_wait_s=base.lock_wait_s + lin.lock_wait_s,
         device=str(device),
+        resumed_from_epoch=result.resumed_from_epoch,
     )
     groups, samples = _trial_details(ids, data, base, lin, diag)
     return TrialOutcome(row, groups, samples, base_computed, lin_computed)

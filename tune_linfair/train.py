@@ -24,6 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tune_linfair.checkpointing import (
+    Checkpointer,
+    checkpoint_due,
+    load_training_state,
+    training_state,
+)
 from tune_linfair.data.base import Split
 from tune_linfair.numerics import float32
 
@@ -210,13 +216,15 @@ def val_accuracy(result: EvalResult) -> float:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the per-epoch log, the best epoch and its validation score."""
+    """What :func:`fit` returns: the per-epoch log, the best epoch and its validation score,
+    and ``resumed_from_epoch``: the epochs a restored checkpoint had done (None: from 0)."""
 
     history: list[dict[str, float]]
     best_epoch: int
     best_score: float
     steps: int
     stopped_early: bool
+    resumed_from_epoch: int | None = None
 
 
 def fit(
@@ -236,6 +244,7 @@ def fit(
     on_epoch_end: Callable[[int, dict[str, float], nn.Module], None] | None = None,
     progress: bool = False,
     desc: str = "train",
+    checkpoint: Checkpointer | None = None,
 ) -> FitResult:
     """Train for ``epochs`` and keep the weights of the best validation epoch.
 
@@ -244,16 +253,39 @@ def fit(
     best epoch's state. ``on_epoch_end(epoch, log, model)`` sees every epoch's log (loss,
     val accuracy, score) after any loss-specific update (e.g. Lagrange multipliers).
     Model selection uses validation data only, never the test split.
+
+    ``checkpoint`` (:mod:`tune_linfair.checkpointing`): every ``checkpoint.every`` epochs,
+    after ``on_epoch_end``, the full state goes to ``checkpoint.save``; a state from
+    ``checkpoint.restore()`` at the start is continued with its next epoch, and the result
+    is the uninterrupted run's.
     """
     history: list[dict[str, float]] = []
     best_state, best_score, best_epoch, steps = None, -math.inf, -1, 0
+    start, resumed_from = 0, None
+    restored = checkpoint.restore() if checkpoint is not None else None
+    if restored is not None:
+        loop = load_training_state(
+            restored,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=loss_fn,
+            generator=generator,
+        )
+        history, steps = loop["history"], loop["steps"]
+        best_state, best_score, best_epoch = (
+            loop["best_state"],
+            loop["best_score"],
+            loop["best_epoch"],
+        )
+        start = resumed_from = loop["epoch"] + 1
     stopped = False
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=epochs, desc=desc, leave=False)
-    for epoch in range(epochs):
+        bar = tqdm(total=epochs, initial=start, desc=desc, leave=False)
+    for epoch in range(start, epochs):
         log = train_one_epoch(
             model,
             train,
@@ -290,8 +322,23 @@ def fit(
         if log["stopped"]:
             stopped = True
             break
+        if checkpoint_due(checkpoint, epoch):
+            state = training_state(
+                epoch=epoch,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                loss_fn=loss_fn,
+                generator=generator,
+                history=history,
+                steps=steps,
+                best_epoch=best_epoch,
+                best_score=best_score,
+                best_state=best_state,
+            )
+            checkpoint.save(state, epoch)
     if bar is not None:
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    return FitResult(history, best_epoch, best_score, steps, stopped)
+    return FitResult(history, best_epoch, best_score, steps, stopped, resumed_from)

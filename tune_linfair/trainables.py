@@ -10,6 +10,11 @@ device Ray gave it (:func:`trial_device`), never one it picks itself. A failure 
 NaN or infinite loss or objective) writes a ``failed`` row with the reason, then raises, so
 Tune marks the trial errored and Optuna records FAIL (a NaN objective reported instead
 would leave the Optuna trial RUNNING).
+
+:class:`TuneCheckpointer` is the Ray side of :mod:`tune_linfair.checkpointing`: base
+training and fine-tuning report their state as a Tune checkpoint every N epochs, and a trial
+retried after its worker died (``FailureConfig(max_failures)``) or rerun by ``--resume``
+continues from ``tune.get_checkpoint()``.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,9 @@ from ray import tune
 
 from tune_linfair import results
 from tune_linfair.cache import Artifact
+from tune_linfair.checkpointing import STATE_FILE, checkpoint_due, load_state, save_state
 from tune_linfair.config import ExperimentConfig
+from tune_linfair.retries import CHECKPOINT_EVERY, CHECKPOINTS_KEPT
 from tune_linfair.spaces import parse_space
 from tune_linfair.stages import run_base, run_diagnose, run_linearize, run_trial
 from tune_linfair.trial import OBJECTIVES, TrialParams, accuracy_drop_points, fraction, trial_row
@@ -45,6 +53,7 @@ class SweepContext:
     run_id: str
     cpus_per_trial: float
     max_accuracy_drop: float | None = None
+    checkpoint_every: int = CHECKPOINT_EVERY
 
     def experiment(self) -> ExperimentConfig:
         return parse_space(self.space_raw).experiment
@@ -92,20 +101,118 @@ class TrialFailed(RuntimeError):
     """A trial failed; its ``failed`` row is already written."""
 
 
+PROGRESS_FILL: dict[str, Any] = {**{o.name: math.nan for o in OBJECTIVES}, "final": False}
+"""What every report before the final one carries: Tune refuses a result without the
+searched metrics (a base-training checkpoint has none yet)."""
+
+
+RECORDED_FAILURE = "failed_row_written"
+"""Key of the last report of a trial that failed for a reason of its own (its ``failed`` row
+is written): :class:`NoRetryOfRecordedFailures` then tells Tune not to retry it."""
+
+
+class NoRetryOfRecordedFailures(tune.Callback):
+    """Tune retries a failed trial up to ``FailureConfig.max_failures`` times, which is meant
+    for a worker that died (a retry continues from the trial's checkpoint). A trial that
+    failed for a reason of its own (a NaN loss, an unreachable budget) would fail again: it
+    reports :data:`RECORDED_FAILURE` just before it raises, and this callback lowers that
+    trial's retry budget to the failures it has had, so Tune gives up at once and the
+    searcher is told FAIL (``Trial.should_recover``: ``num_failures <= max_failures``)."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info):
+        if result.get(RECORDED_FAILURE):
+            trial.max_failures = min(trial.max_failures, trial.run_metadata.num_failures)
+
+
+def fault_tolerance(max_failures: int) -> dict[str, Any]:
+    """The ``tune.RunConfig`` arguments of a sweep's retries: ``max_failures`` retries of a
+    trial whose worker died, none of a recorded failure, the latest
+    :data:`~tune_linfair.retries.CHECKPOINTS_KEPT` checkpoints of each trial kept."""
+    return {
+        "failure_config": tune.FailureConfig(max_failures=max_failures),
+        "checkpoint_config": tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        "callbacks": [NoRetryOfRecordedFailures()],
+    }
+
+
+def _fail_recorded(reason: str) -> TrialFailed:
+    """Report that the trial's failure is recorded (no retry, :class:`NoRetryOfRecordedFailures`)
+    and return the exception to raise."""
+    tune.report({**PROGRESS_FILL, RECORDED_FAILURE: True})
+    return TrialFailed(reason)
+
+
 REPORT_EVERY_S = 2.0
 """Progress reports go to Tune at most this often (each costs the driver ~5.6 ms of CPU and
 the table a line; the final report with the objectives is always sent)."""
 
 
-def _epoch_reporter(exp: ExperimentConfig, params: TrialParams, context: SweepContext):
+class TuneCheckpointer:
+    """A :class:`~tune_linfair.checkpointing.Checkpointer` for Tune function trainables.
+
+    ``save`` writes the state to a temporary folder and reports it with
+    ``tune.report(metrics, checkpoint=...)`` (Tune copies it into the trial's folder under
+    ``RUN/tune/``, keeping the latest ones); ``restore`` reads ``tune.get_checkpoint()``.
+    The metrics of a checkpoint report are ``fill`` (what every report of the trainable must
+    carry, e.g. the searched metrics), the epoch, and what :meth:`attach` handed over: the
+    epoch's progress report rides with its checkpoint instead of being sent (or throttled
+    away) on its own. Generic: any trainable that runs a stage with ``checkpoint=`` uses it.
+    """
+
+    def __init__(self, every: int, fill: Mapping[str, Any] | None = None) -> None:
+        self.every = every
+        self.fill = dict(fill or {})
+        self._attached: dict[str, Any] = {}
+
+    def attach(self, metrics: Mapping[str, Any]) -> None:
+        """Send ``metrics`` with the next checkpoint."""
+        self._attached = dict(metrics)
+
+    def due(self, epoch: int) -> bool:
+        """Whether the loop saves a checkpoint after ``epoch`` (0-based)."""
+        return checkpoint_due(self, epoch)
+
+    def restore(self) -> dict[str, Any] | None:
+        """The state of the trial's latest checkpoint, None for a fresh trial. If that folder
+        is gone (Tune prunes old checkpoints; a driver killed between pruning and saving its
+        experiment state points at a pruned one), the trial's newest kept checkpoint."""
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            return None
+        folder = Path(checkpoint.path)
+        if not (folder / STATE_FILE).is_file():
+            kept = sorted(
+                p for p in folder.parent.glob("checkpoint_*") if (p / STATE_FILE).is_file()
+            )
+            if not kept:
+                return None
+            folder = kept[-1]
+        return load_state(folder)
+
+    def save(self, state: dict[str, Any], epoch: int) -> None:
+        metrics = {**self.fill, "epoch": epoch, **self._attached}
+        metrics.update(checkpoint_epoch=epoch, checkpoint_stage=state.get("stage"))
+        self._attached = {}
+        with tempfile.TemporaryDirectory(prefix="tune_linfair_state_") as folder:
+            save_state(folder, state, epoch)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _epoch_reporter(
+    exp: ExperimentConfig,
+    params: TrialParams,
+    context: SweepContext,
+    checkpointer: TuneCheckpointer | None = None,
+):
     """``on_epoch_end`` that reports the epoch's validation objectives to Tune (table units:
     accuracy as a fraction, worst-group relative drop in percent), at most once every
-    :data:`REPORT_EVERY_S` seconds."""
+    :data:`REPORT_EVERY_S` seconds; on a checkpoint epoch always, with the checkpoint."""
     base_acc: list[float] = []
     last = [-math.inf]
 
     def on_epoch_end(epoch: int, log: dict, model: torch.nn.Module) -> None:
-        if time.monotonic() - last[0] < REPORT_EVERY_S:
+        due = checkpointer is not None and checkpointer.due(epoch)
+        if not due and time.monotonic() - last[0] < REPORT_EVERY_S:
             return
         last[0] = time.monotonic()
         if not base_acc:
@@ -117,16 +224,18 @@ def _epoch_reporter(exp: ExperimentConfig, params: TrialParams, context: SweepCo
             for a, b in enumerate(base_acc)
             if f"val_acc_g{a}" in log and b > 0
         ]
-        tune.report(
-            {
-                "epoch": epoch,
-                "loss": log["loss"],
-                "val_accuracy": fraction(log["val_accuracy"]),
-                "val_worst_group_drop": max(drops) if drops else math.nan,
-                "relu_count": math.nan,
-                "final": False,
-            }
-        )
+        metrics = {
+            "epoch": epoch,
+            "loss": log["loss"],
+            "val_accuracy": fraction(log["val_accuracy"]),
+            "val_worst_group_drop": max(drops) if drops else math.nan,
+            "relu_count": math.nan,
+            "final": False,
+        }
+        if due:
+            checkpointer.attach(metrics)  # fit saves (and reports) the checkpoint next
+        else:
+            tune.report(metrics)
 
     return on_epoch_end
 
@@ -143,12 +252,16 @@ def search_trial(config: dict, context: SweepContext) -> None:
         tune.report(_objectives(done, context))
         return
     if done is not None:
-        # Failed before (its failed row and Optuna's FAIL are recorded): a resumed sweep's
-        # rerun fails the same way, so Parquet, the configs table and Optuna agree.
-        raise TrialFailed(f"trial {trial_id} failed before the resume: {done.get('error')}")
+        # Failed before (its failed row is written; Optuna is told FAIL once Tune gives up):
+        # a retry (--max-failures) or a resumed sweep's rerun fails the same way at once,
+        # computing nothing, so Parquet, the configs table and Optuna agree.
+        raise _fail_recorded(
+            f"trial {trial_id} failed before this retry or resume: {done.get('error')}"
+        )
     exp = context.experiment()
     params = TrialParams.from_config(trial_values(config), exp)
     device = trial_device()
+    checkpointer = TuneCheckpointer(context.checkpoint_every, PROGRESS_FILL)
     try:
         outcome = run_trial(
             exp,
@@ -158,7 +271,8 @@ def search_trial(config: dict, context: SweepContext) -> None:
             run_id=context.run_id,
             trial_id=trial_id,
             device=device,
-            on_epoch_end=_epoch_reporter(exp, params, context),
+            on_epoch_end=_epoch_reporter(exp, params, context, checkpointer),
+            checkpoint=checkpointer,
         )
         row = {**outcome.trial_row, "node_id": node_id()}
         bad = [o.name for o in OBJECTIVES if not math.isfinite(float(row[o.name]))]
@@ -180,11 +294,11 @@ def search_trial(config: dict, context: SweepContext) -> None:
         try:
             results.write_trial(run_dir, failed, [], [])
         except OSError as write_err:  # disk full, run directory gone or read-only
-            raise TrialFailed(
+            raise TrialFailed(  # not recorded: a retry (--max-failures) may write it
                 f"{reason}; its failed row could not be written to {run_dir} either: "
                 f"{write_err.strerror or write_err}"
             ) from err
-        raise TrialFailed(reason) from err
+        raise _fail_recorded(reason) from err
     tune.report(_objectives(row, context))
 
 
@@ -245,7 +359,7 @@ def _phase_run(
                 "finished_at": datetime.datetime.now(datetime.UTC),
             },
         )
-        raise TrialFailed(f"{phase} run {run_id} failed: {error}") from err
+        raise _fail_recorded(f"{phase} run {run_id} failed: {error}") from err
     wall = time.time() - start
     results.write_stage(
         context.run_dir,
@@ -268,16 +382,19 @@ def _built(artifact: Artifact, computed: bool) -> tuple[str, bool, float]:
 
 
 def base_trial(config: dict, context: SweepContext) -> None:
-    """The base phase: train (or find cached) the all-ReLU model of ``config["seed"]``."""
+    """The base phase: train (or find cached) the all-ReLU model of ``config["seed"]``,
+    with a Tune checkpoint every ``--checkpoint-every`` epochs: a retried or resumed run
+    continues from it."""
     seed = int(config["job"]["seed"])
     exp = context.experiment()
-    _phase_run(
-        context,
-        "base",
-        f"base-s{seed}",
-        {"stage": "base", "seed": seed},
-        lambda device: _built(*run_base(exp, seed, context.cache_dir, device=device)),
-    )
+    checkpointer = TuneCheckpointer(context.checkpoint_every, {})
+
+    def build(device: torch.device) -> tuple[str, bool, float]:
+        return _built(
+            *run_base(exp, seed, context.cache_dir, device=device, checkpoint=checkpointer)
+        )
+
+    _phase_run(context, "base", f"base-s{seed}", {"stage": "base", "seed": seed}, build)
 
 
 def linearize_trial(config: dict, context: SweepContext) -> None:

@@ -295,10 +295,13 @@ def trial_row(
     lock_wait_s: float | None = None,
     node_id: str | None = None,
     device: str | None = None,
+    resumed_from_epoch: int | None = None,
 ) -> dict[str, Any]:
     """The ``trials`` row of one trial: ok with every :data:`MEASURED` value, or failed
     (``measured`` None) with its ``error``. Parameters that do not apply are null.
-    ``lock_wait_s``, ``node_id`` and ``device`` say where and how it ran (null if unknown)."""
+    ``lock_wait_s``, ``node_id`` and ``device`` say where and how it ran (null if unknown);
+    ``resumed_from_epoch``: the fine-tuning epochs done by the checkpoint the trial resumed
+    from (None: it ran straight through)."""
     if (measured is None) == (error is None):
         raise ValueError("give measured values (ok trial) or an error (failed trial)")
     if measured is not None and set(measured) != set(MEASURED):
@@ -326,6 +329,7 @@ def trial_row(
     }
     row.update({k: None if measured is None else measured[k] for k in MEASURED})
     row.update(
+        resumed_from_epoch=resumed_from_epoch,
         wall_time_s=wall_time_s,
         lock_wait_s=lock_wait_s,
         node_id=node_id,

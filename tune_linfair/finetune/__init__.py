@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tune_linfair.checkpointing import Checkpointer
 from tune_linfair.config import MITIGATIONS, SELECTORS, FinetuneSettings
 from tune_linfair.data.augment import random_crop_flip
 from tune_linfair.data.base import GroupedDataset
@@ -60,7 +61,8 @@ class FinetuneResult:
     ``history``: one dict per epoch (train loss, ``val_accuracy``, per-group validation
     accuracies, ``score``, and every ``lambda_<a>`` / ``violation_<a>``);
     ``best_epoch`` / ``best_score``: the epoch selected on validation and its score;
-    ``multipliers``: the final multipliers (state dict of the mitigation).
+    ``multipliers``: the final multipliers (state dict of the mitigation);
+    ``resumed_from_epoch``: the epochs done by the checkpoint it resumed from (None: from 0).
     """
 
     history: list[dict[str, float]]
@@ -68,6 +70,7 @@ class FinetuneResult:
     best_score: float
     multipliers: dict[str, torch.Tensor]
     steps: int
+    resumed_from_epoch: int | None = None
 
 
 def worst_group_accuracy(result: EvalResult) -> float:
@@ -123,6 +126,7 @@ def finetune(
     on_epoch_end: Callable[[int, dict[str, float], nn.Module], None] | None = None,
     progress: bool = False,
     base_accuracy: Sequence[float] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``student`` in place by distillation from ``teacher`` under ``settings``.
 
@@ -133,7 +137,9 @@ def finetune(
     scored best on the validation split (``settings.select``); the test split is not used.
     ``base_accuracy`` (``accuracy_gap`` only): the base model's per-group training
     accuracy in percent, measured from ``teacher`` when None. The student's device is used;
-    teacher and data are moved there.
+    teacher and data are moved there. ``checkpoint``: saves every ``checkpoint.every`` epochs
+    (weights, optimizer, schedule, multipliers, RNG states) and resumes from its last state
+    (:mod:`tune_linfair.checkpointing`).
     """
     if not isinstance(settings, FinetuneSettings):
         raise UserError(f"settings must be a FinetuneSettings, got {type(settings).__name__}")
@@ -177,6 +183,7 @@ def finetune(
         on_epoch_end=on_epoch_end,
         progress=progress,
         desc=f"finetune[{settings.mitigation}]",
+        checkpoint=checkpoint,
     )
     return FinetuneResult(
         history=result.history,
@@ -184,6 +191,7 @@ def finetune(
         best_score=result.best_score,
         multipliers=loss_fn.state_dict(),
         steps=result.steps,
+        resumed_from_epoch=result.resumed_from_epoch,
     )
 
 
