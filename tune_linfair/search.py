@@ -28,7 +28,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from tune_linfair import rundir
+from tune_linfair import plan, rundir
 from tune_linfair.errors import UserError
 from tune_linfair.interrupt import InterruptWatch, SweepInterrupted
 from tune_linfair.rundir import SweepRecord
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="Optuna constraint: validation accuracy at most this many points below the base",
     )
+    plan.add_arguments(p)
     return p
 
 
@@ -327,10 +328,14 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
     return searcher
 
 
-def run_sweep(args: argparse.Namespace) -> Path:
-    """Validate everything, start Ray, run (or resume) the sweep, summarize. Returns RUN."""
+def run_sweep(args: argparse.Namespace) -> Path | None:
+    """Validate everything, start Ray, run (or resume) the sweep, summarize. Returns RUN;
+    with ``--plan`` prints the plan (:mod:`tune_linfair.plan`), runs nothing, returns None."""
     args, space, record = resolve(args)
     validate_args(args, space)
+    if args.plan:
+        plan.print_plan(args, space)
+        return None
     preflight(space, args.objective)
     space = with_effective_data_options(space)
     run = rundir.locate(args.storage_path, args.run_dir, space.name, args.objective, record)
