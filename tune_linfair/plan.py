@@ -210,6 +210,10 @@ def _count(value: float) -> str:
     return f"{value:.0f}"
 
 
+def _rate_text(rate: float) -> str:
+    return f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
 def _hours(passes: float, rate: float) -> str:
     hours = passes / rate / 3600
     if hours == 0:
@@ -227,7 +231,7 @@ def format_plan(
         return f"<= {text}" if flag and not text.startswith("<") else text
 
     names = [f"h {name}" for name, _, _ in rates]
-    widths = [max(10, len(n) + 2) for n in names]
+    widths = [max(12, len(n) + 2) for n in names]
     head = f"{'phase':<22}{'runs':>9}{'cached':>8}{'passes/run':>14}{'image passes':>16}"
     lines = [*header, "", head + "".join(f"{n:>{w}}" for n, w in zip(names, widths))]
     total, total_bound = 0.0, False
@@ -257,7 +261,7 @@ def format_plan(
         "<= : an upper bound (SNL stops at the budget, power iteration when it converges, "
         "diagnose runs on the Pareto set).",
     ]
-    lines += [f"images/s on {name}: {rate:,.0f} ({how})" for name, rate, how in rates]
+    lines += [f"images/s on {name}: {_rate_text(rate)} ({how})" for name, rate, how in rates]
     return "\n".join(lines)
 
 

@@ -3,9 +3,9 @@
 :mod:`tune_linfair.plan` (``--plan``) counts a sweep's runs per phase; this module says
 what one run costs and how fast this machine trains the space's model.
 
-**Cost model** (printed in short with the plan; a run is one of the phases of
-:mod:`tune_linfair.jobs`). One *image pass* is one image through one
-training step of the space's model: forward, backward and optimizer step. A forward alone
+**Cost model** (printed in short with the plan; a run is one job of a phase of
+:mod:`tune_linfair.jobs`). One *image pass* is one image through one training step of the
+space's model: forward, backward and optimizer step. A forward alone
 (evaluation, a frozen teacher) counts :data:`FORWARD` = 1/3 of a pass, since a backward
 costs about two forwards. Per run, with ``n_train``, ``n_val``, ``n_test`` the split sizes:
 
@@ -22,11 +22,12 @@ costs about two forwards. Per run, with ``n_train``, ``n_val``, ``n_test`` the s
   boundary distance on the diagnosed splits;
 - fine-tune: ``finetune.epochs x (n_train x (1 + 1/3) + n_val/3)`` (student step, teacher
   forward, validation pass), plus logits on the diagnosed splits;
-- diagnose: the boundary distance on the diagnosed splits, the group gradients on test, and
-  the Hessian's power iteration: per group at most ``hessian_max_samples`` test images, one
-  pass to build the gradient graph and up to :data:`HESSIAN_MAX_ITER` Hessian-vector
-  products of 2 passes each (3 when a group exceeds one 256-image batch and its graph is
-  rebuilt per product). Power iteration usually converges earlier: an upper bound.
+- diagnose: logits and the boundary distance on the diagnosed splits, the group gradients
+  on test, and the Hessian's power iteration: per group at most ``hessian_max_samples``
+  test images, one pass to build the gradient graph and up to :data:`HESSIAN_MAX_ITER`
+  Hessian-vector products of 2 passes each (3 when a group exceeds one 256-image batch and
+  its graph is rebuilt per product). Power iteration usually converges earlier: an upper
+  bound.
 
 Time: ``hours = image passes / images_per_s / 3600``, on one device, one run after another
 (trials side by side share it). ``images_per_s`` is given (``--images-per-s N`` or
@@ -260,8 +261,9 @@ def finetune_passes(exp: ExperimentConfig, shape: DataShape) -> float:
 
 
 def diagnose_passes(exp: ExperimentConfig, shape: DataShape) -> float:
-    """Image passes of the heavy diagnostics of one fine-tuned model (upper bound)."""
-    return _heavy(shape, exp.diagnostics)
+    """Image passes of the full diagnostics of one fine-tuned model: logits again, then the
+    heavy ones (an upper bound with Hessians)."""
+    return _logits(shape, exp.diagnostics) + _heavy(shape, exp.diagnostics)
 
 
 # -- throughput -----------------------------------------------------------------------------
