@@ -132,7 +132,9 @@ def test_plan_measures_throughput_and_starts_no_ray(tmp_path: Path) -> None:
         "search": (48, "-"),
         "diagnose": (48, "-"),
     }
-    rate = re.search(r"images/s on cpu: ([\d.,]+) \(1 thread\(s\), batch 16, measured", proc.stdout)
+    rate = re.search(
+        r"images/s on cpu: ([\d.,]+) \(1 thread\(s\), batch \d+, measured", proc.stdout
+    )
     assert rate and float(rate.group(1).replace(",", "")) > 0, proc.stdout
     assert not (tmp_path / "s").exists()
 
@@ -168,6 +170,12 @@ def test_bad_calibration_input_from_the_command_line(tmp_path: Path) -> None:
         "error: argument --images-per-s: expected N or NAME=N with N images/s > 0, "
         "got '0' (see --help)\n"
     )
+
+
+def test_plan_options_without_plan_are_refused(capsys) -> None:
+    assert search.main(["--snl-epochs", "40"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: --snl-epochs only applies to --plan; add --plan or drop it\n"
 
 
 def test_a_budget_range_is_built_on_demand(tmp_path: Path) -> None:

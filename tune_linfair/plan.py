@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         type=_rate,
         metavar="[NAME=]N",
-        help="with --plan: throughput to estimate time with, e.g. 900 or H200=12000 "
+        help="with --plan: throughput to estimate time with, e.g. 900 or gpu=5000 "
         "(repeatable; default: measured here in a few seconds)",
     )
     parser.add_argument(
@@ -63,13 +63,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def requested(args: argparse.Namespace) -> bool:
+    """Whether the command asks for the plan; the plan's own options without ``--plan``
+    are refused (they would be ignored)."""
+    if not args.plan and (args.images_per_s or args.snl_epochs is not None):
+        given = "--images-per-s" if args.images_per_s else "--snl-epochs"
+        raise UserError(f"{given} only applies to --plan; add --plan or drop it")
+    return args.plan
+
+
 def _rate(text: str) -> tuple[str, float]:
-    name, _, value = text.rpartition("=")
+    name, sep, value = text.rpartition("=")
     try:
         rate = float(value)
     except ValueError:
         rate = math.nan
-    if not (math.isfinite(rate) and rate > 0) or (_ and not name.strip()):
+    if not (math.isfinite(rate) and rate > 0) or (sep and not name.strip()):
         raise argparse.ArgumentTypeError(f"expected N or NAME=N with N images/s > 0, got {text!r}")
     return name.strip() or "given", rate
 
@@ -218,7 +227,7 @@ def _hours(passes: float, rate: float) -> str:
     hours = passes / rate / 3600
     if hours == 0:
         return "0"
-    return "<0.01" if hours < 0.01 else f"{hours:.3g}" if hours < 1000 else f"{hours:,.0f}"
+    return f"{hours:.2g}" if hours < 0.01 else f"{hours:.3g}" if hours < 1000 else f"{hours:,.0f}"
 
 
 def format_plan(
@@ -228,7 +237,7 @@ def format_plan(
     ``rates`` (name, images/s, how obtained), the total, the formula."""
 
     def mark(flag: bool, text: str) -> str:
-        return f"<= {text}" if flag and not text.startswith("<") else text
+        return f"<= {text}" if flag else text
 
     names = [f"h {name}" for name, _, _ in rates]
     widths = [max(12, len(n) + 2) for n in names]
@@ -290,7 +299,6 @@ def print_plan(args: argparse.Namespace, space: SearchSpace) -> None:
         rates = [(name, rate, "given") for name, rate in args.images_per_s]
     else:
         rates = calibrate(exp, shape, max(1, int(args.cpus_per_trial)))
-    groups = f"{shape.num_groups} groups" if shape.num_groups else ""
     header = [
         f"plan of space {space.name!r}, objective {args.objective}: nothing runs (no Ray, "
         "no training)",
@@ -298,7 +306,7 @@ def print_plan(args: argparse.Namespace, space: SearchSpace) -> None:
         f"-> diagnose ({diagnose})",
         f"data {exp.data.name} ({shape.source}): train {shape.n_train:,}, val "
         f"{shape.n_val:,}, test {shape.n_test:,}; input {'x'.join(map(str, shape.input_shape))}, "
-        f"{shape.num_classes} classes, {groups}, augmentation {'on' if shape.augment else 'off'}",
+        f"{shape.num_classes} classes, {shape.num_groups} groups, augmentation {'on' if shape.augment else 'off'}",
         f"model {exp.model.name}; cache {cache}",
     ]
     print(format_plan(header, rows, rates), flush=True)

@@ -333,7 +333,7 @@ def run_sweep(args: argparse.Namespace) -> Path | None:
     with ``--plan`` prints the plan (:mod:`tune_linfair.plan`), runs nothing, returns None."""
     args, space, record = resolve(args)
     validate_args(args, space)
-    if args.plan:
+    if plan.requested(args):
         plan.print_plan(args, space)
         return None
     preflight(space, args.objective)

@@ -33,8 +33,9 @@ Time: ``hours = image passes / images_per_s / 3600``, on one device, one run aft
 (trials side by side share it). ``images_per_s`` is given (``--images-per-s N`` or
 ``NAME=N``, repeatable) or measured here in a few seconds: a timed loop of training steps of
 the space's model (:func:`tune_linfair.train.train_one_epoch`, as every stage trains) on
-random inputs of the data set's shape, at the base batch size (capped at 16 on the CPU, to
-keep the measurement short), on every device torch sees (the CPU with ``--cpus-per-trial``
+random inputs of the data set's shape, at the base batch size (on the CPU first at batch 16,
+and at the base batch size only when such a step takes at most half a second, to keep the
+measurement short), on every device torch sees (the CPU with ``--cpus-per-trial``
 threads, as a trial gets; CUDA when present).
 
 Without the data set's files the split sizes come from the published sizes of the files
@@ -74,6 +75,9 @@ HESSIAN_MAX_ITER = 100
 HESSIAN_BATCH = 256
 """The diagnostics' batch size: a Hessian group that fits keeps its gradient graph."""
 CPU_CALIBRATION_BATCH = 16
+"""The CPU measurement starts at this batch (a full-size ResNet step takes seconds)..."""
+CPU_FULL_BATCH_S = 0.5
+"""... and remeasures at the base batch size when one such step takes at most this long."""
 
 PUBLISHED: dict[str, dict] = {
     # CIFAR-10 (Krizhevsky 2009): 5 training batches of 10,000, 5,000 images per class;
@@ -305,6 +309,11 @@ def calibrate(
         cpu_batch = min(batch, CPU_CALIBRATION_BATCH)
         start = time.perf_counter()
         rate = measure_images_per_s(exp, shape, torch.device("cpu"), cpu_batch, seconds)
+        if cpu_batch < batch and batch / rate <= CPU_FULL_BATCH_S:
+            # A small model: per-step overhead dominates at a small batch; a full batch
+            # step is cheap enough to measure what the stages run.
+            cpu_batch = batch
+            rate = measure_images_per_s(exp, shape, torch.device("cpu"), cpu_batch, seconds)
         how = f"{cpu_threads} thread(s), batch {cpu_batch}"
         rates.append(("cpu", rate, f"{how}, measured here in {time.perf_counter() - start:.1f} s"))
     finally:
