@@ -8,6 +8,7 @@ command line in subprocesses.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -101,12 +102,17 @@ def test_plan_counts_match_a_real_sweep_and_the_cache(tmp_path: Path, capsys) ->
     sweep = cli([*GRID, "--storage-path", str(storage), "--run-dir", str(run), "--no-dashboard"])
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-2000:]
     assert len(meta_files(storage, "base")) == 1
-    assert len(meta_files(storage, "linearized")) == 2
+    linearized = meta_files(storage, "linearized")
+    assert len(linearized) == 2
     trials = results.load_trials(run)
     assert len(trials) == 2 and (trials["status"] == "ok").all()
 
     assert search.main(common) == 0
-    assert plan_rows(capsys.readouterr().out) == {
+    after = capsys.readouterr().out
+    epochs = sorted(json.loads(p.read_text())["log"]["epochs"] for p in linearized)
+    took = f"{epochs[0]}-{epochs[1]}" if epochs[0] < epochs[1] else str(epochs[0])
+    assert f"2 cached SNL run(s) on these base models took {took} epochs" in after
+    assert plan_rows(after) == {
         "base": (0, "1"),
         "linearize snl": (0, "2"),
         "grid": (2, "-"),
@@ -204,3 +210,13 @@ def test_published_sizes_follow_the_loaders_protocol() -> None:
     assert shape.source.startswith("files not loadable here")
     svhn = workload.data_shape(load_space("svhn_resnet18_snl").experiment, 0)
     assert svhn.n_train + svhn.n_val == 73_257 and svhn.n_test == 26_032
+
+
+def test_unreachable_deepreduce_budgets_build_nothing(tmp_path: Path) -> None:
+    overrides = ["grid.method=[deepreduce]", "grid.budget=[0.2,0.002]", "grid.mitigation=[none]"]
+    space = load_space("default", [*overrides, "grid.seed=[0]"])
+    shape = workload.data_shape(space.experiment, 0)
+    rows = {r.phase: r for r in plan.phase_rows(space, "grid", 1, tmp_path, shape)}
+    assert rows["linearize deepreduce"].runs == 1  # 0.002 of 3,840 ReLUs: no configuration
+    assert "budgets 0.002 unreachable" in rows["linearize deepreduce"].note
+    assert rows["grid"].runs == 2

@@ -18,12 +18,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from tune_linfair import rundir
 from tune_linfair.cache import artifact_dir, base_key, linearized_key, read_meta
 from tune_linfair.config import ExperimentConfig
-from tune_linfair.errors import UserError
+from tune_linfair.errors import BudgetUnreachable, UserError
 from tune_linfair.jobs import LinearizeJob, base_seeds, linearize_jobs
 from tune_linfair.linearize.budget import resolve_budget
+from tune_linfair.linearize.deepreduce import select_config
 from tune_linfair.models import create_model, total_relus
 from tune_linfair.spaces import SearchSpace
 from tune_linfair.stages import data_options
@@ -170,9 +173,18 @@ def phase_rows(
             have = sum(_linearized(exp, j, options, cache_dir) for j in mine)
             per_run = linearize_passes(exp, shape, method, snl_epochs)
             bound = method == "snl" and snl_epochs is None
-            note = "SNL at max_epochs (upper bound)" if bound else ""
-            if method == "snl" and snl_epochs is not None:
-                note = f"SNL at {snl_epochs} epochs (--snl-epochs)"
+            note = ""
+            if method == "snl":
+                note = _snl_note(
+                    snl_epochs, cache_dir, {base_key(exp, j.seed, options) for j in mine}
+                )
+            unmet = _unreachable(model, mine) if method == "deepreduce" else []
+            if unmet:
+                note = (
+                    f"budgets {', '.join(map(str, unmet))} unreachable: their trials fail at once"
+                )
+                mine = [j for j in mine if j.budget not in unmet]
+                have = sum(_linearized(exp, j, options, cache_dir) for j in mine)
             row = PhaseRow(
                 f"linearize {method}", len(mine) - have, have, False, per_run, bound, note
             )
@@ -203,6 +215,36 @@ def _linearized(exp: ExperimentConfig, job: LinearizeJob, options: dict, cache_d
     bkey = base_key(exp, job.seed, options)
     key = linearized_key(bkey, settings, job.method, job.budget, job.seed)
     return read_meta(artifact_dir(cache_dir, "linearized", key)) is not None
+
+
+def _unreachable(model: torch.nn.Module, jobs: list[LinearizeJob]) -> list:
+    """The DeepReDuce budgets of ``jobs`` that no configuration of ``model`` meets."""
+    unmet = []
+    for budget in sorted({j.budget for j in jobs}):
+        try:
+            select_config(model, budget)
+        except BudgetUnreachable:
+            unmet.append(budget)
+    return unmet
+
+
+def _snl_note(snl_epochs: int | None, cache_dir: str | Path, base_keys: set[str]) -> str:
+    """What the SNL row assumes; without ``--snl-epochs``, the epochs that SNL runs from
+    the same base models already in the cache took, a better guess than the cap."""
+    if snl_epochs is not None:
+        return f"SNL at {snl_epochs} epochs (--snl-epochs)"
+    epochs = []
+    for path in Path(cache_dir).glob("linearized/*/meta.json"):
+        meta = read_meta(path.parent) or {}
+        if meta.get("method") == "snl" and meta.get("base_key") in base_keys:
+            epochs.append(int(meta["log"]["epochs"]))
+    if not epochs:
+        return "SNL at max_epochs (upper bound)"
+    took = f"{min(epochs)}-{max(epochs)}" if min(epochs) < max(epochs) else str(epochs[0])
+    return (
+        f"SNL at max_epochs (upper bound); {len(epochs)} cached SNL run(s) on these base "
+        f"models took {took} epochs (--snl-epochs N to count N)"
+    )
 
 
 def _span(seeds: list[int]) -> str:
