@@ -329,8 +329,7 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
 
 
 def run_sweep(args: argparse.Namespace) -> Path | None:
-    """Validate everything, start Ray, run (or resume) the sweep, summarize. Returns RUN;
-    with ``--plan`` prints the plan (:mod:`tune_linfair.plan`), runs nothing, returns None."""
+    """Validate, start Ray, run (or resume) the sweep, summarize; return RUN (--plan: None)."""
     args, space, record = resolve(args)
     validate_args(args, space)
     if plan.requested(args):
