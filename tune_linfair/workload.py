@@ -215,6 +215,7 @@ def _heavy(shape: DataShape, d: DiagnosticsConfig) -> float:
     if d.gradients:
         passes += shape.n_test
     if d.hessian:
+        # unknown group sizes: an even split, which maximizes sum_a min(n_a, cap)
         groups = shape.test_groups or [shape.n_test // shape.num_groups + 1] * shape.num_groups
         for n in groups:
             used = min(n, d.hessian_max_samples)
