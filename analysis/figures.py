@@ -24,7 +24,8 @@ Values are means over seeds (after averaging trials within a seed), error bars o
 standard deviation across seeds when there are at least two. A figure whose data is absent
 (no groups table, no gradient norms, no mitigation, ...) is skipped with a printed note.
 Outputs go to ``--out`` (default ``RUN/analysis/figures``) with a ``figures.json`` manifest
-(files written, notes, seeds) that report.py reads.
+(files written, notes, seeds) that report.py reads. Beside each ``NAME.png``,
+``NAME.data.json`` holds the numbers it draws (:mod:`tune_linfair.plotdata`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ from common import (  # noqa: E402
     run_dir_arg,
 )
 from matplotlib.figure import Figure  # noqa: E402
+
+from tune_linfair.plotdata import data_path, save_figure  # noqa: E402
 
 CAPTIONS = {
     "fig1_group_accuracy": "Fig. 1: per-group accuracy per ReLU budget (base = all-ReLU model).",
@@ -322,7 +325,8 @@ def make_figures(
 ) -> dict:
     """Draw every figure whose data exists; write them and ``figures.json`` into ``out_dir``.
 
-    Returns the manifest: ``{"files": {name: png}, "pdf": {...}, "notes": {name: why skipped},
+    Returns the manifest: ``{"files": {name: png}, "data": {name: NAME.data.json}, "pdf":
+    {...}, "notes": {name: why skipped},
     "captions": {...}, "n_seeds": int, "split": ..., "stage": ...}``.
     """
     _, ok = load_ok_trials(run_dir)
@@ -333,6 +337,7 @@ def make_figures(
         "stage": stage,
         "n_seeds": int(ok["seed"].nunique(dropna=False)),
         "files": {},
+        "data": {},
         "pdf": {},
         "notes": {},
         "captions": CAPTIONS,
@@ -353,9 +358,9 @@ def make_figures(
             fontsize=9,
         )
         fig.tight_layout()
-        png = out_dir / f"{name}.png"
-        fig.savefig(png, dpi=120)
+        png = save_figure(fig, out_dir / f"{name}.png", dpi=120)
         manifest["files"][name] = png.name
+        manifest["data"][name] = data_path(png).name
         if pdf:
             fig.savefig(out_dir / f"{name}.pdf")
             manifest["pdf"][name] = f"{name}.pdf"

@@ -32,7 +32,8 @@ Outputs in ``--out`` (default ``RUN/analysis/pareto``): ``pareto.json``, ``paret
 ``pareto_set.csv`` (every configuration on some front, flags saying which, with intervals and
 the per-seed trial ids), ``attainment.csv``, ``pareto_2d.png`` (accuracy vs worst-group
 drop, interval bars) and ``hv_over_trials.png`` (hypervolume of the first k trials in order
-of ``finished_at``; failed trials count as trials).
+of ``finished_at``; failed trials count as trials), each with the numbers it draws beside it
+(``NAME.data.json``, :mod:`tune_linfair.plotdata`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from tune_linfair import aggregate
 from tune_linfair.aggregate import normalized_objectives
 from tune_linfair.errors import UserError
 from tune_linfair.pareto import hypervolume, pareto_mask
+from tune_linfair.plotdata import save_figure
 
 DEFAULT_REFERENCE = (0.0, 100.0, 1.0)
 SHOWN = [f"{m}_{s}" for m in aggregate.METRICS for s in ("mean", "ci_low", "ci_high")]
@@ -286,7 +288,7 @@ def _plot_scatter(ok: pd.DataFrame, flags: pd.DataFrame, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -309,7 +311,7 @@ def _plot_hv(hv2: np.ndarray, hv3: np.ndarray, ref: np.ndarray, path: Path) -> N
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 

@@ -31,7 +31,7 @@ import torch
 from tune_linfair.data.base import Split
 from tune_linfair.metrics import group_gradient_norms, group_hessian_top_eigenvalues
 from tune_linfair.models import create_model
-from tune_linfair.train import resolve_device, seed_everything
+from tune_linfair.train import seed_everything
 
 
 def _timed(fn):
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     seed_everything(args.seed)
-    device = resolve_device(args.device)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device in (None, "auto") else args.device)
     model = create_model("resnet18", num_classes=10, input_shape=(3, 32, 32), width=args.width)
     model = model.to(device)
     n = args.groups * args.per_group

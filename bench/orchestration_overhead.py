@@ -7,7 +7,7 @@ runs two ways in each repeat, in alternating order:
 
 - **direct**: ``search_trial(config, context)`` called in this process (``ray.tune``'s
   ``report`` replaced by a no-op; data already loaded in the process);
-- **tune**: a 1-trial grid ``Tuner`` built by ``tune_linfair.search.build_tuner`` around
+- **tune**: a 1-trial grid ``Tuner`` built as ``tune_linfair.phases.search`` builds it, around
   ``with_resources(with_parameters(search_trial, context), {"cpu": 1})``, exactly what the
   CLI runs (``reuse_actors`` is Ray's default, False: the trial gets a fresh worker process,
   which imports torch and loads the data).
@@ -18,7 +18,7 @@ thread (``--cpus-per-trial 1``). The overhead is ``tune / direct - 1`` per repea
 
 Each repeat also times the fixed cost of a sweep, paid once whatever the number of trials:
 ``ray.init(address="local", include_dashboard=False)``, creating the ``OptunaSearch`` (journal
-storage, TPE sampler; ``tune_linfair.search.make_searcher``), building the ``Tuner``, and
+storage, TPE sampler; ``tune_linfair.phases.make_searcher``), building the ``Tuner``, and
 ``ray.shutdown()``; and two floors of the per-trial cost: ``Tuner.fit`` of a 1-trial no-op
 trainable (scheduling, actor start, result handling) and of one that only imports
 ``tune_linfair`` and loads the data (the cold-worker cost).
@@ -49,7 +49,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 import torch  # noqa: E402
 from _common import fmt_summary, loadavg, record, summary, table, timed, uptime  # noqa: E402
 
-from tune_linfair import results, search, trainables  # noqa: E402
+from tune_linfair import phases, results, trainables  # noqa: E402
 from tune_linfair.spaces import load_space  # noqa: E402
 from tune_linfair.stages import load_data, run_base, run_linearize  # noqa: E402
 
@@ -108,9 +108,21 @@ class _NoReport:
         trainables.tune = self.saved
 
 
-def _args(objective: str) -> argparse.Namespace:
-    return argparse.Namespace(
-        objective=objective, max_concurrent=1, trials=1, seed=0, max_accuracy_drop=None
+def _grid_tuner(space, trainable, tune_dir: Path):
+    """The grid ``Tuner`` as ``tune_linfair.phases.search`` builds it, one trial at a time."""
+    from ray import tune
+
+    points = [{**p, "point_index": i} for i, p in enumerate(space.grid_points())]
+    return tune.Tuner(
+        trainable,
+        param_space={"point": tune.grid_search(points)},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=1, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name="grid",
+            storage_path=str(tune_dir),
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=1,
+        ),
     )
 
 
@@ -155,7 +167,7 @@ def one_repeat(space, work: Path, rep: int, order: tuple[str, str], reuse_trials
         pareto_dir = work / f"r{rep}-pareto"
         pareto_dir.mkdir()
         _, out["optuna_search_s"] = timed(
-            lambda: search.make_searcher(space, "pareto", pareto_dir, 0, constrained=False)
+            lambda: phases.make_searcher(space, "pareto", pareto_dir, 0, constrained=False)
         )
         tune_dir = work / f"r{rep}-tune"
         tune_dir.mkdir()
@@ -165,9 +177,7 @@ def one_repeat(space, work: Path, rep: int, order: tuple[str, str], reuse_trials
             ),
             {"cpu": 1, "gpu": 0},
         )
-        tuner, out["tuner_build_s"] = timed(
-            lambda: search.build_tuner(_args("grid"), space, trainable, tune_dir)
-        )
+        tuner, out["tuner_build_s"] = timed(lambda: _grid_tuner(space, trainable, tune_dir))
         quiet = tune.RunConfig(storage_path=str(work), name=f"r{rep}-noop", verbose=0)
         _, out["noop_fit_s"] = timed(lambda: tune.Tuner(_noop, run_config=quiet).fit())
         quiet = tune.RunConfig(storage_path=str(work), name=f"r{rep}-reports", verbose=0)
@@ -227,7 +237,7 @@ def one_repeat(space, work: Path, rep: int, order: tuple[str, str], reuse_trials
 
 
 def _short_sweep(run_dir: Path, reuse_actors: bool, n: int):
-    """A ``n``-trial grid of 2-epoch fine-tunings, one at a time, as ``search.build_tuner``
+    """A ``n``-trial grid of 2-epoch fine-tunings, one at a time, as ``phases.search``
     builds it except for ``reuse_actors``."""
     from ray import tune
 

@@ -9,7 +9,7 @@ cold worker (process start, ``import torch``, data loading) on every trial, +19.
 - **direct**: ``search_trial`` called ``--trials`` times in this process, one after another
   (Tune's ``report`` a no-op; data loaded once);
 - **tune**: the same ``--trials`` trials as one grid sweep built like
-  ``search.build_tuner`` (one at a time, ``reuse_actors=True``), ``Tuner.fit`` timed after
+  ``tune_linfair.phases.search`` (one at a time, ``reuse_actors=True``), ``Tuner.fit`` timed after
   ``ray.init`` (the fixed cost per sweep, ~5 s, is reported apart, as in section 1).
 
 The trials are the default space's SNL at budget 0.2, plain KD fine-tuning for ``--epochs``

@@ -73,6 +73,7 @@ from tune_linfair.linearize.random_masks import random_linearize
 from tune_linfair.metrics.theorem44 import MASKS, path_check
 from tune_linfair.models import count_relus, create_model, total_relus
 from tune_linfair.models.activation import weight_parameters
+from tune_linfair.plotdata import save_figure
 from tune_linfair.train import Batch, NonFiniteLossError, evaluate, fit, seed_everything
 
 ARMS = ("all_relu", "half_linear", "snl_kd", "random_kd")
@@ -548,7 +549,7 @@ def plot_regions(
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    save_figure(fig, path, dpi=dpi)  # and the plotted numbers beside it (NAME.data.json)
     plt.close(fig)
 
 

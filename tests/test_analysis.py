@@ -20,7 +20,8 @@ import pytest
 
 from tune_linfair.errors import UserError
 from tune_linfair.pareto import hypervolume, pareto_mask
-from tune_linfair.results import load_trials, write_trial
+from tune_linfair.plotdata import load_figure_data
+from tune_linfair.results import load_groups, load_trials, write_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 ANALYSIS = ROOT / "analysis"
@@ -87,15 +88,6 @@ def test_pareto_outputs(run_dir: Path, tmp_path: Path, capsys) -> None:
     pareto = script("pareto")
     assert pareto.main([str(run_dir), "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    for name in (
-        "pareto.json",
-        "pareto.md",
-        "pareto_set.csv",
-        "attainment.csv",
-        "pareto_2d.png",
-        "hv_over_trials.png",
-    ):
-        assert (tmp_path / name).stat().st_size > 0, name
     summary = json.loads((tmp_path / "pareto.json").read_text())
     assert summary["reference"]["normalized"] == [1.0, 1.0, 1.0]
     assert summary["normalization"]["relu_scale"] == 10_000
@@ -136,6 +128,23 @@ def test_pareto_outputs(run_dir: Path, tmp_path: Path, capsys) -> None:
     for cid in summary["pareto_3d"]:
         assert cid in printed
     assert "Reference: accuracy 0 %, drop 100 %" in (tmp_path / "pareto.md").read_text()
+    # the plots draw these numbers: every configuration's means (one series per method),
+    # the 2-D front traced through its members, the 3-D front marked; hypervolume curves
+    (ax,) = load_figure_data(tmp_path / "pareto_2d.png")["axes"]
+    series = {s["label"]: s for s in ax["series"]}
+    for method, rows in means.groupby("method"):
+        drawn = sorted(zip(series[method]["x"], series[method]["y"]))
+        expect = sorted(zip(rows["val_worst_group_drop_mean"], 100 * rows["val_accuracy_mean"]))
+        assert np.array(drawn) == pytest.approx(np.array(expect))
+    for label, ids in (("2-D front", summary["pareto_2d"]), ("3-D front", summary["pareto_3d"])):
+        rows = means[means["config_id"].isin(ids)]
+        expect = sorted(zip(rows["val_worst_group_drop_mean"], 100 * rows["val_accuracy_mean"]))
+        drawn = sorted(zip(series[label]["x"], series[label]["y"]))
+        assert np.array(drawn) == pytest.approx(np.array(expect))
+    hv = load_figure_data(tmp_path / "hv_over_trials.png")["axes"][0]["series"]
+    assert np.array([s["y"] for s in hv]) == pytest.approx(
+        np.array([summary["hypervolume_over_trials"]["hv_2d"], hv3])
+    )
 
 
 def test_pareto_custom_reference(run_dir: Path, tmp_path: Path) -> None:
@@ -173,8 +182,87 @@ def test_figures_all_drawn(report_dir: Path) -> None:
     assert manifest["notes"] == {} and manifest["n_seeds"] == 2
     for name in FIGURES:
         assert manifest["files"][name] == f"{name}.png"
-        assert (report_dir / "figures" / f"{name}.png").stat().st_size > 5_000
-        assert (report_dir / "figures" / f"{name}.pdf").stat().st_size > 1_000
+        assert manifest["data"][name] == f"{name}.data.json"
+        assert (report_dir / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (report_dir / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert load_figure_data(report_dir / "figures" / f"{name}.png")["axes"]
+
+
+def _by_seed(rows: pd.DataFrame, value: str) -> tuple[float, float]:
+    """Mean and sample std over seeds (each seed one trial in the fixture)."""
+    per_seed = rows.groupby("seed")[value].mean()
+    return float(per_seed.mean()), float(per_seed.std(ddof=1))
+
+
+def _label(budget: float) -> str:
+    return f"{100 * budget:.3g}%"
+
+
+def test_figures_draw_the_numbers_of_the_tables(report_dir: Path, run_dir: Path) -> None:
+    """Each figure's saved data (what its artists draw) against the Parquet tables, by hand."""
+    figs = report_dir / "figures"
+    ok = load_trials(run_dir).query("status == 'ok'")
+    cols = ["trial_id", "method", "budget", "mitigation", "seed", "relu_fraction"]
+    gf = load_groups(run_dir).merge(ok[cols], on="trial_id")
+    names = dict(zip(gf["group"], gf["group_name"]))
+    test = gf[(gf["split"] == "test") & (gf["stage"] == "finetuned")]
+    none = test[test["mitigation"] == "none"]
+    budgets = sorted(none["budget"].unique(), reverse=True)
+    # fig1: per method, one bar series per budget, one bar per group: mean accuracy (%)
+    fig1 = load_figure_data(figs / "fig1_group_accuracy.png")["axes"]
+    assert sorted(ax["title"].split(":")[0] for ax in fig1) == ["deepreduce", "snl"]
+    for ax in fig1:
+        sub = none[none["method"] == ax["title"].split(":")[0]]
+        bars = {s["label"]: s for s in ax["series"] if s["kind"] == "bar"}
+        assert ax["xticklabels"] == [names[g] for g in sorted(names)]
+        for b in budgets:
+            stats = [_by_seed(sub[(sub["budget"] == b) & (sub["group"] == g)], "accuracy")
+                     for g in sorted(names)]  # fmt: skip
+            assert bars[_label(b)]["y"] == pytest.approx([100 * m for m, _ in stats])
+            assert bars[_label(b)]["yerr"] == pytest.approx([100 * sd for _, sd in stats])
+    # fig3 / fig4: per method, one bar series per group, one bar per budget
+    for name, column in (("fig3_grad_norm", "grad_norm"), ("fig4_hessian", "hessian_top_eig")):
+        for ax in load_figure_data(figs / f"{name}.png")["axes"]:
+            sub = none[none["method"] == ax["title"].split(" ")[0]]
+            assert ax["xticklabels"] == [_label(b) for b in budgets]
+            assert [s["label"] for s in ax["series"]] == [names[g] for g in sorted(names)]
+            for series in ax["series"]:
+                g = next(k for k, v in names.items() if v == series["label"])
+                expect = [_by_seed(sub[(sub["budget"] == b) & (sub["group"] == g)], column)[0]
+                          for b in budgets]  # fmt: skip
+                assert series["y"] == pytest.approx(expect), (name, series["label"])
+    # fig6: per group, relative drop (%) against percent linearized, in increasing order
+    for ax in load_figure_data(figs / "fig6_relative_drop.png")["axes"]:
+        sub = none[none["method"] == ax["title"].split(" ")[0]]
+        lines = [s for s in ax["series"] if s["kind"] == "errorbar"]
+        assert [s["label"] for s in lines] == [names[g] for g in sorted(names)]
+        for series in lines:
+            rows = sub[sub["group"] == next(k for k, v in names.items() if v == series["label"])]
+            lin = sorted(100 * (1 - rows.groupby("budget")["relu_fraction"].mean()))
+            drop = [_by_seed(rows[rows["budget"] == b], "relative_drop")[0] for b in budgets]
+            assert series["x"] == pytest.approx(lin) and series["y"] == pytest.approx(drop)
+    # fig8 (a): weight distance per method against the budget (% kept)
+    panel_a = load_figure_data(figs / "fig8_distance.png")["axes"][0]
+    assert sorted(s["label"] for s in panel_a["series"]) == ["deepreduce", "snl"]
+    for series in panel_a["series"]:
+        rows = ok[(ok["method"] == series["label"]) & (ok["mitigation"] == "none")]
+        assert series["x"] == pytest.approx([100 * b for b in sorted(budgets)])
+        expect = [
+            _by_seed(rows[rows["budget"] == b], "weight_distance")[0] for b in sorted(budgets)
+        ]
+        assert series["y"] == pytest.approx(expect)
+    # fig9: lagrangian vs none (snl): relative change of group accuracy (%), per budget
+    (ax,) = load_figure_data(figs / "fig9_mitigation.png")["axes"]
+    assert ax["title"] == "lagrangian vs none (snl, test)"
+    pair = test[test["method"] == "snl"].pivot_table(
+        index=["budget", "seed", "group"], columns="mitigation", values="accuracy"
+    )
+    change = (100 * (pair["lagrangian"] - pair["none"]) / pair["none"]).rename("c").reset_index()
+    bars = {s["label"]: s["y"] for s in ax["series"] if s["kind"] == "bar"}
+    for b in budgets:
+        rows = change[change["budget"] == b]
+        assert bars[_label(b)] == pytest.approx([_by_seed(rows[rows["group"] == g], "c")[0]
+                                                 for g in sorted(names)])  # fmt: skip
 
 
 def test_report_references_everything(report_dir: Path) -> None:

@@ -99,8 +99,12 @@ def test_script_on_two_seeds_writes_sane_numbers(fig2, tmp_path, capsys):
     for r in records:
         assert r["all_relu"]["relus"] == 96
         assert all(r[arm]["relus"] == 48 for arm in ("half_linear", "snl_kd", "random_kd"))
+        # global accuracy is the test-size-weighted mean of the two groups' accuracies
+        test = get_dataset("synthetic", seed=r["seed"], n_samples=1000, setting="class_minority")
+        n_maj, n_min = test.test.group_counts(2)
         for arm in fig2.ARMS:
-            assert all(0.0 <= r[arm][m] <= 100.0 for m in fig2.METRICS)
+            weighted = (n_maj * r[arm]["majority"] + n_min * r[arm]["minority"]) / (n_maj + n_min)
+            assert r[arm]["global"] == pytest.approx(weighted), arm
     # the all-ReLU MLP beats chance (50%) on the minority class and a constant rule (90%)
     minority = [r["all_relu"]["minority"] for r in records]
     assert sum(minority) / 2 > 50.0, minority

@@ -1,6 +1,6 @@
 """The rules of the house (docs/ARCHITECTURE.md), enforced.
 
-- Ray is imported only by ``tune_linfair/search.py`` and ``tune_linfair/trainables.py``:
+- Ray is imported only by ``tune_linfair/search.py``, ``phases.py`` and ``trainables.py``:
   every stage and everything below it runs as a plain function.
 - ``analysis/`` never imports torch or Ray (claims.py included), so it runs wherever the
   Parquet files were copied.
@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tune_linfair"
-RAY_MODULES = {"search.py", "trainables.py"}
+RAY_MODULES = {"search.py", "phases.py", "trainables.py"}
 TORCH_FREE = [
     "tune_linfair.errors",
     "tune_linfair.config",
@@ -37,6 +37,7 @@ TORCH_FREE = [
     "tune_linfair.aggregate",
     "tune_linfair.summary",
     "tune_linfair.interrupt",
+    "tune_linfair.plotdata",
     "tune_linfair.metrics.groups",
 ]
 
@@ -61,7 +62,7 @@ def test_imported_roots_sees_lazy_imports(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
 )
-def test_only_search_and_trainables_import_ray(path: Path) -> None:
+def test_only_the_sweep_modules_import_ray(path: Path) -> None:
     if path.parent == PACKAGE and path.name in RAY_MODULES:
         return
     assert "ray" not in imported_roots(path), f"{path.relative_to(ROOT)} imports Ray"
@@ -96,3 +97,23 @@ def test_analysis_scripts_load_without_torch_or_ray() -> None:
 
 def test_the_probe_sees_torch() -> None:
     assert _loaded_heavy("import tune_linfair.stages") == ["torch"]
+
+
+DEVICE_QUERIES = ("torch.cuda.is_available", "torch.cuda.device_count", "torch.cuda.current_device")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_only_the_orchestration_picks_a_device(path: Path) -> None:
+    """Devices come from Ray: ``trainables.trial_device`` asks Ray which GPU a trial got and
+    ``search.validate_args`` counts a local machine's GPUs; nothing else looks for CUDA on
+    its own (a stage that did would take a GPU Ray gave to another trial)."""
+    if path.parent == PACKAGE and path.name in ("trainables.py", "search.py"):
+        return
+    calls = {
+        ast.unparse(node.func)
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+        if isinstance(node, ast.Call)
+    }
+    assert not calls & set(DEVICE_QUERIES), f"{path.relative_to(ROOT)} picks a device itself"

@@ -357,11 +357,18 @@ def test_diagnose_records():
     assert [row["index"] for row in out.sample_rows] == list(range(30))
     assert {row["stage"] for row in out.group_rows + out.sample_rows} == {"finetune"}
     norms = group_gradient_norms(model, split, 3)
+    eigs = group_hessian_top_eigenvalues(model, split, 3, max_samples=8, batch_size=7)
+    with torch.no_grad():
+        top = torch.softmax(model(split.x), dim=1).topk(2, dim=1).values
+    margin = (top[:, 0] - top[:, 1]).double()
+    geo = geometric_distance(model, split).double()
     for a, row in enumerate(out.group_rows[:2]):
         assert isinstance(row["accuracy"], float) and isinstance(row["n"], int)
         assert row["grad_norm"] == pytest.approx(norms[a], rel=1e-5)
-        assert math.isfinite(row["hessian_top_eig"]) and math.isfinite(row["mean_margin"])
-        assert math.isfinite(row["mean_geometric_distance"])
+        assert row["hessian_top_eig"] == pytest.approx(eigs[a], rel=1e-5)
+        assert row["mean_margin"] == pytest.approx(float(margin[split.g == a].mean()), rel=1e-5)
+        expect = float(geo[split.g == a].mean())
+        assert row["mean_geometric_distance"] == pytest.approx(expect, rel=1e-5)
         expected = 100 * (base[a] - row["accuracy"]) / base[a]
         assert row["relative_drop"] == pytest.approx(expected)
     empty = out.group_rows[2]
@@ -383,7 +390,7 @@ def test_diagnose_records():
         for key in ("base_accuracy", "relative_drop", "grad_norm", "hessian_top_eig"):
             assert math.isnan(row[key])
     assert all(math.isnan(row["geometric_distance"]) for row in bare.sample_rows)
-    assert all(0.0 <= row["margin"] <= 1.0 for row in bare.sample_rows)
+    assert [row["margin"] for row in bare.sample_rows] == pytest.approx(margin.tolist(), rel=1e-5)
 
 
 def test_group_intervals_are_wilson_and_map_to_the_drop() -> None:

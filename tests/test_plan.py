@@ -2,8 +2,8 @@
 builds, it says 0 base / 0 linearize once the cache holds them, it starts no Ray and
 writes nothing, and bad calibration input is one line with exit code 2.
 
-The sweep here is real (digits, resnet_mini, Ray Tune, a tiny grid); the plans are the real
-command line in subprocesses.
+The sweep here is real (digits, resnet_mini, Ray Tune, Optuna, a tiny Pareto search); the
+plans are the real command line (its ``main``, or a subprocess).
 """
 
 from __future__ import annotations
@@ -23,18 +23,24 @@ from sweep_helpers import ENV, NO_HESSIAN, TINY, session_pids
 from tune_linfair import plan, results, search, workload
 from tune_linfair.spaces import load_space
 
-# Two SNL budgets on one seed: 1 base model, 2 linearized models, 2 fine-tunes.
-GRID = [
+# A Pareto search of 2 configurations on one seed over two SNL budgets, every trial
+# diagnosed: 1 base model, 2 linearized models (both built first, whichever budgets Optuna
+# picks), 2 fine-tunes, 2 diagnose runs.
+SEARCH = [
     "--objective",
-    "grid",
+    "pareto",
+    "--trials",
+    "2",
+    "--repeats",
+    "1",
+    "--diagnose",
+    "all",
     "--set",
-    "grid.method=[snl]",
+    "search.method=snl",
     "--set",
-    "grid.budget=[0.5,0.2]",
+    "search.budget={choices: [0.5, 0.2]}",
     "--set",
-    "grid.mitigation=[none]",
-    "--set",
-    "grid.seed=[0]",
+    "search.mitigation=none",
     *TINY,
     *NO_HESSIAN,
 ]
@@ -86,26 +92,29 @@ def test_plan_counts_match_a_real_sweep_and_the_cache(tmp_path: Path, capsys) ->
     """The plans run in this process (the command line's ``main``; the test below runs one
     as a subprocess), the sweep as a subprocess."""
     storage = tmp_path / "runs"
-    common = ["--plan", *GRID, "--storage-path", str(storage), "--images-per-s", "1000"]
+    common = ["--plan", *SEARCH, "--storage-path", str(storage), "--images-per-s", "1000"]
     assert search.main(common) == 0
     before = capsys.readouterr().out
     assert plan_rows(before) == {
         "base": (1, "0"),
         "linearize snl": (2, "0"),
-        "grid": (2, "-"),
+        "search": (2, "-"),
         "diagnose": (2, "-"),
     }
-    assert "phases: base -> linearize -> grid -> diagnose (pareto)" in before
+    assert "phases: base -> linearize -> search -> diagnose (all)" in before
     assert not storage.exists()  # a plan writes nothing
 
     run = tmp_path / "runs" / "sweep"
-    sweep = cli([*GRID, "--storage-path", str(storage), "--run-dir", str(run), "--no-dashboard"])
+    sweep = cli([*SEARCH, "--storage-path", str(storage), "--run-dir", str(run)])
     assert sweep.returncode == 0, sweep.stdout[-2000:] + sweep.stderr[-2000:]
     assert len(meta_files(storage, "base")) == 1
     linearized = meta_files(storage, "linearized")
     assert len(linearized) == 2
     trials = results.load_trials(run)
     assert len(trials) == 2 and (trials["status"] == "ok").all()
+    stages = results.load_stages(run)
+    diagnosed = stages[(stages["phase"] == "diagnose") & (stages["status"] == "ok")]
+    assert sorted(diagnosed["key"]) == sorted(trials["trial_id"])
 
     assert search.main(common) == 0
     after = capsys.readouterr().out
@@ -115,7 +124,7 @@ def test_plan_counts_match_a_real_sweep_and_the_cache(tmp_path: Path, capsys) ->
     assert plan_rows(after) == {
         "base": (0, "1"),
         "linearize snl": (0, "2"),
-        "grid": (2, "-"),
+        "search": (2, "-"),
         "diagnose": (2, "-"),
     }
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tune_linfair import aggregate, search
+from tune_linfair import aggregate, phases
 from tune_linfair.aggregate import SeedGroups, configs_table, t_interval
 from tune_linfair.errors import UserError
 from tune_linfair.spaces import load_space
@@ -51,7 +51,7 @@ def _searcher(tmp_path: Path, repeats: int):
         "default",
         [f"repeats={repeats}", "search.method=snl", "search.mitigation=none"],
     )
-    return search.make_searcher(space, "pareto", tmp_path, seed=0, constrained=False)
+    return phases.make_searcher(space, "pareto", tmp_path, seed=0, constrained=False)
 
 
 def _study(tmp_path: Path) -> optuna.Study:

@@ -21,6 +21,7 @@ import pytest
 from tune_linfair.aggregate import configs_table
 from tune_linfair.errors import UserError
 from tune_linfair.pareto import hypervolume, normalize, pareto_mask
+from tune_linfair.plotdata import load_figure_data
 from tune_linfair.results import (
     GROUPS_SCHEMA,
     SAMPLES_SCHEMA,
@@ -132,6 +133,10 @@ def make_trial(
         "relu_count": relu,
         "relu_total": RELU_TOTAL,
         "relu_fraction": relu / RELU_TOTAL,
+        "reached_budget": True if method == "snl" else None,
+        "threshold_count": relu if method == "snl" else None,
+        "lin_steps": 40,
+        "lin_epochs": 2,
         "mu": 0.1 if mitigation == "lagrangian" else None,
         "epsilon": 0.02 if mitigation == "accuracy_gap" else None,
         "eta": None,
@@ -153,6 +158,9 @@ def make_trial(
         "est_online_latency_total_s": None,
         "est_online_comm_total_mb": None,
         "wall_time_s": 1.5,
+        "lock_wait_s": 0.0,
+        "node_id": "n0",
+        "device": "cpu",
         "status": "ok",
         "error": None,
         "checkpoint_path": f"/ckpt/{trial_id}.pt",
@@ -247,7 +255,23 @@ def test_read_trial_row_and_plot(run_dir: Path, tmp_path: Path) -> None:
     assert read_trial_row(tmp_path, "snl_10_none_s0") is None
     configs = configs_table(load_trials(run_dir))
     out = plot_pareto(configs, tmp_path / "sub" / "pareto.png")
-    assert out.stat().st_size > 5_000
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # what it draws: each method's configuration means, and the Pareto ones ringed
+    (ax,) = load_figure_data(out)["axes"]
+    series = {s["label"]: s for s in ax["series"]}
+    ok = configs[configs["status"] == "ok"]
+    assert set(series) == {"snl", "deepreduce", "Pareto"}
+
+    def points(x, y) -> np.ndarray:
+        return np.array(sorted(zip(x, y)))
+
+    def means(rows: pd.DataFrame) -> np.ndarray:
+        return points(rows["val_worst_group_drop_mean"], 100 * rows["val_accuracy_mean"])
+
+    for method, rows in ok.groupby("method"):
+        assert points(series[method]["x"], series[method]["y"]) == pytest.approx(means(rows))
+    front = points(series["Pareto"]["x"], series["Pareto"]["y"])
+    assert front == pytest.approx(means(ok[ok["pareto"]])) and 0 < len(front) < len(ok)
 
 
 def test_rewrite_replaces_without_duplicates(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 from sweep_helpers import ENV, NO_HESSIAN, TINY, session_pids
 
-from tune_linfair import aggregate, results, search, stages
+from tune_linfair import aggregate, preflight, results, search
+from tune_linfair.cache import computations
 
 # Two grid points that differ only in the mitigation: they share one linearized model.
 GRID2 = [
@@ -232,13 +233,26 @@ def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path:
     for row in configs.itertuples():
         seeds = trials[trials["config_id"] == row.config_id]
         assert row.val_accuracy_mean == pytest.approx(seeds["val_accuracy"].astype(float).mean())
-    assert trials["pareto"].any()
+    # the pareto flag marks exactly the rows no other row dominates (acc max, drop, ReLUs min)
+    pts = trials[["val_accuracy", "val_worst_group_drop", "relu_count"]].astype(float).to_numpy()
+    pts[:, 0] *= -1
+    dominated = [any((q <= p).all() and (q < p).any() for q in pts) for p in pts]
+    assert trials["pareto"].tolist() == [not d for d in dominated]
     assert (trials["relu_count"] <= trials["budget"] * trials["relu_total"]).all()
     assert trials["val_accuracy"].between(0, 1).all()
     assert len(pd.read_parquet(run / "trials")) == 4  # pandas reads the dataset directly
     groups = results.load_groups(run)
     test_ft = groups[(groups["stage"] == "finetuned") & (groups["split"] == "test")]
-    assert test_ft["grad_norm"].notna().all() and test_ft["hessian_top_eig"].notna().all()
+    # the diagnose phase ran on the front's configurations (every seed), and only there
+    # do the fine-tuned models carry gradients, Hessians and boundary distances
+    front = set(configs.loc[configs["pareto"], "config_id"])
+    diagnosed = set(trials.loc[trials["config_id"].isin(front), "trial_id"])
+    stages = results.load_stages(run)
+    assert set(stages.loc[stages["phase"] == "diagnose", "key"]) == diagnosed
+    heavy = test_ft["trial_id"].isin(diagnosed)
+    for col in ("grad_norm", "hessian_top_eig", "mean_geometric_distance"):
+        assert test_ft.loc[heavy, col].notna().all() and test_ft.loc[~heavy, col].isna().all()
+    assert set(stages.loc[stages["phase"] == "base", "seed"]) == {1}  # seed 0 was cached
 
     _, _, table = out.partition("Pareto-optimal configurations")
     assert table, out[-3000:]
@@ -251,15 +265,20 @@ def test_pareto_sweep_end_to_end(resumed_grid: dict, ray_address: str, tmp_path:
     assert in_flight & set(trials["trial_id"])  # rerun after the stop, told COMPLETE
 
     # the cache: the seed-0 base model reused, not retrained (seed 1 trained once); one
-    # linearized model per distinct (method, budget, seed) over both sweeps, the grid
-    # sweep's reused where they meet
+    # linearized model per distinct (method, budget, seed) over both sweeps (the pareto
+    # sweep's linearize phase builds all 4 its space can ask for), the grid sweep's reused
+    # where they meet
     assert base in artifact_dirs(storage, "base") and len(artifact_dirs(storage, "base")) == 2
     assert set(trials.loc[trials["seed"] == 0, "base_key"]) == {base.name}
     assert {p: (p / "meta.json").stat().st_mtime_ns for p in (base, lin)} == stamps
     both = pd.concat([results.load_trials(resumed_grid["run"]), trials])
     per_combo = both.groupby(["method", "budget", "seed"])["lin_key"]
     assert per_combo.nunique().eq(1).all()
-    assert len(artifact_dirs(storage, "linearized")) == per_combo.ngroups
+    combos = set(per_combo.groups) | {("snl", b, s) for b in (0.5, 0.2) for s in (0, 1)}
+    assert len(artifact_dirs(storage, "linearized")) == len(combos)
+    # each computed exactly once over both sweeps, the resume and the concurrent trials
+    for kind in ("base", "linearized"):
+        assert all(len(computations(p)) == 1 for p in artifact_dirs(storage, kind)), kind
 
 
 @pytest.mark.ray
@@ -385,6 +404,10 @@ def test_trials_sharing_a_budget_share_the_linearized_model(resumed_grid: dict) 
     assert len(resumed_grid["base_dirs"]) == 1
     assert trials["lin_key"].nunique() == 1 and trials["base_key"].nunique() == 1
     assert set(trials["lin_key"]) == {p.name for p in resumed_grid["lin_dirs"]}
+    # computed once, though the driver was killed during base training and again after
+    # the first trial: the killed computation left no record, the resumed one did
+    for path in resumed_grid["base_dirs"] + resumed_grid["lin_dirs"]:
+        assert len(computations(path)) == 1, path
 
 
 # -- the README's main command ------------------------------------------------------------
@@ -396,7 +419,7 @@ def test_readme_main_command_parses_and_preflights() -> None:
     args = search.build_parser().parse_args(["--objective", "pareto"])
     args, space, _ = search.resolve(args)
     search.validate_args(args, space)
-    stages.preflight(space, args.objective)
+    preflight.preflight(space, args.objective)
     assert space.name == "default" and space.experiment.data.name == "digits"
     assert args.address == "local" and args.dashboard_host == "127.0.0.1"
     # no sampled (method, budget) pair of the default can fail: DeepReDuce fits each budget

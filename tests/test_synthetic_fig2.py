@@ -14,6 +14,7 @@ import torch
 
 from tune_linfair.data import get_dataset
 from tune_linfair.models import count_relus, create_model, total_relus
+from tune_linfair.plotdata import load_figure_data
 
 torch.set_num_threads(1)
 
@@ -48,6 +49,20 @@ def test_half_linear_arm_keeps_exactly_half_and_main_writes_outputs(fig2, tmp_pa
         assert r["snl_kd"]["relus"] == 96 and r["random_kd"]["relus"] == 96
     png = tmp_path / "synthetic_fig2.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 150_000
+    # what the regions plot draws: per arm its ReLUs and test accuracies (seed 0), the
+    # training points of both groups and the true boundary
+    drawn = load_figure_data(png)
+    record = saved["per_seed"][0]
+    n_train = len(get_dataset("synthetic", seed=0, n_samples=400).train)
+    for ax, arm in zip(drawn["axes"], fig2.ARMS):
+        r = record[arm]
+        assert ax["title"].startswith(f"{arm} ({r['relus']}/{r['relus_total']} ReLUs)")
+        assert f"global {r['global']:.1f}%, majority {r['majority']:.1f}%" in ax["title"]
+        points = [s for s in ax["series"] if s["kind"] == "scatter"]
+        assert len(points) == 2 and sum(len(s["x"]) for s in points) == n_train
+        (line,) = [s for s in ax["series"] if s["kind"] == "line"]
+        x = torch.tensor(line["x"])
+        assert line["y"] == pytest.approx(fig2.boundary(x).tolist(), abs=1e-6)
     assert "| all ReLUs |" in saved["table"] and "scratch, 50% linear" in saved["table"]
     assert saved["capacity_map"] == {} and saved["config"]["setting"] == "cluster"
 

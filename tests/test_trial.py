@@ -11,9 +11,10 @@ import pytest
 from tune_linfair import results
 from tune_linfair.config import ExperimentConfig, FinetuneSettings, LinearizeSettings, build
 from tune_linfair.errors import UserError
-from tune_linfair.models.checkpoint import load_checkpoint
+from tune_linfair.models.checkpoint import load_checkpoint, load_model
 from tune_linfair.spaces import load_space
-from tune_linfair.stages import run_trial
+from tune_linfair.stages import load_data, run_trial
+from tune_linfair.train import evaluate
 from tune_linfair.trial import (
     APPLIES_TO,
     MEASURED,
@@ -199,7 +200,13 @@ def test_fine_tuned_checkpoint_records_params_and_multipliers(tmp_path: Path) ->
     assert len(lambdas) == 10 and all(v > 0 for v in lambdas)  # mu > 0: every group moved
     row = outcome.trial_row
     assert row["mu"] == 0.5 and row["epsilon"] is None and row["status"] == "ok"
-    assert 0.0 <= row["val_accuracy"] <= 1.0 and row["relu_count"] == 384
+    # the row's validation accuracy is the saved fine-tuned model's, as a fraction
+    model, _ = load_model(tmp_path / "trial" / "model.pt")
+    val = evaluate(model, load_data(exp, params.seed).val).accuracy() / 100
+    assert row["val_accuracy"] == pytest.approx(val) and row["relu_count"] == 384
+    # random masks: no SNL report, no training steps
+    assert row["reached_budget"] is None and row["threshold_count"] is None
+    assert row["lin_steps"] == 0 and row["lin_epochs"] == 0
 
 
 def test_a_constant_mitigation_still_gets_its_knob_sampled() -> None:

@@ -10,7 +10,9 @@ Stage outputs that many trials share live under ``CACHE/<kind>/<key>/`` (``CACHE
 An artifact directory holds ``model.pt`` and ``meta.json``; ``meta.json`` is written last, so
 its presence means the artifact is complete. A file lock per key (``filelock``: an OS lock,
 released by the kernel when its holder dies, so a crashed worker leaves no stale lock) makes
-sure two concurrent trials never compute the same artifact.
+sure two concurrent trials never compute the same artifact. Each completed computation
+appends one line to the artifact's ``computed.jsonl`` (host, process id, start and end
+time), its creation record: one line means computed once, however many trials reused it.
 
 :func:`atomic_write` is the package's one way to write a file that readers may open at any
 moment (Parquet tables, checkpoints, ``meta.json``, the sweep record): a hidden temporary
@@ -27,7 +29,9 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,11 +121,13 @@ def linearized_key(
 # -- artifacts ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Artifact:
-    """A cached stage output: its key, directory and ``meta.json`` record."""
+    """A cached stage output: its key, directory and ``meta.json`` record, and how long the
+    caller that got it waited on its lock (``lock_wait_s``, 0 when it was there already)."""
 
     key: str
     path: Path
     meta: dict
+    lock_wait_s: float = 0.0
 
     @property
     def checkpoint(self) -> Path:
@@ -142,6 +148,28 @@ def artifact_lock(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
+def computations(path: Path) -> list[dict]:
+    """The creation record of the artifact directory ``path``: one dict (``host``, ``pid``,
+    ``started``, ``finished``, Unix seconds) per completed computation, oldest first."""
+    record = path / "computed.jsonl"
+    if not record.is_file():
+        return []
+    return [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+
+
+def _record_computation(path: Path, started: float) -> None:
+    """Append this process's completed computation to ``path/computed.jsonl`` (one short
+    line, one ``O_APPEND`` write, ``fsync``)."""
+    line = {"host": socket.gethostname(), "pid": os.getpid(), "started": started,
+            "finished": time.time()}  # fmt: skip
+    fd = os.open(path / "computed.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, (json.dumps(line) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_meta(path: Path) -> dict | None:
     """The artifact's ``meta.json`` when the artifact is complete, else None."""
     meta = path / "meta.json"
@@ -159,17 +187,24 @@ def cached(
     """Return the artifact ``kind/key``, computing it under the key's lock if absent.
 
     ``compute(path)`` must write ``path/"model.pt"`` and return the meta record.
-    Returns ``(artifact, computed)``; ``computed`` is False when it was reused.
+    Returns ``(artifact, computed)``; ``computed`` is False when it was reused. The
+    artifact's ``lock_wait_s`` is the time spent waiting for another process's lock. A
+    computation is recorded in ``computed.jsonl`` (:func:`computations`) just before
+    ``meta.json`` marks the artifact complete.
     """
     path = artifact_dir(cache_dir, kind, key)
     meta = read_meta(path)
     if meta is not None:
         return Artifact(key, path, meta), False
     path.mkdir(parents=True, exist_ok=True)
+    asked = time.monotonic()
     with FileLock(str(artifact_lock(path)), timeout=LOCK_TIMEOUT_S):
+        waited = time.monotonic() - asked
         meta = read_meta(path)  # another worker may have finished it meanwhile
         if meta is not None:
-            return Artifact(key, path, meta), False
+            return Artifact(key, path, meta, waited), False
+        started = time.time()
         meta = compute(path)
+        _record_computation(path, started)
         write_json(path / "meta.json", meta)
-    return Artifact(key, path, meta), True
+    return Artifact(key, path, meta, waited), True

@@ -18,6 +18,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
+from tune_linfair.aggregate import configs_table
 from tune_linfair.spaces import SearchSpace
 from tune_linfair.trial import TrialParams
 
@@ -88,3 +91,24 @@ def linearize_jobs(space: SearchSpace, objective: str) -> list[LinearizeJob] | N
         seeds,
     )
     return sorted({LinearizeJob(*combo) for combo in combos})
+
+
+DIAGNOSE_MODES: tuple[str, ...] = ("pareto", "all", "none")
+"""``--diagnose``: the trials whose fine-tuned models get the full diagnostics."""
+
+
+def diagnose_targets(trials: pd.DataFrame, mode: str, done: set[str] = frozenset()) -> list[str]:
+    """The trial ids the diagnose phase runs on, sorted, leaving out those in ``done``: with
+    ``pareto`` every ok seed of the configurations on the front of the configuration means
+    (:func:`tune_linfair.aggregate.configs_table`), with ``all`` every ok trial, with
+    ``none`` nothing."""
+    if mode not in DIAGNOSE_MODES:
+        raise ValueError(f"unknown diagnose mode {mode!r}")
+    ok = trials[(trials["status"] == "ok").fillna(False).astype(bool)]
+    if mode == "none" or ok.empty:
+        return []
+    if mode == "pareto":
+        configs = configs_table(trials)
+        front = set(configs.loc[configs["pareto"], "config_id"])
+        ok = ok[ok["config_id"].isin(front)]
+    return sorted(set(ok["trial_id"]) - set(done))

@@ -9,8 +9,8 @@ i.e. ``F.kl_div(log_softmax(z_s / T), softmax(z_t / T), reduction="batchmean") *
 DeepReDuce weights the two terms: ``lambda * CE + (1 - lambda) * T^2 * KL``.
 
 The teacher is frozen: its logits are computed under ``no_grad`` (never back-propagated, as
-the SNL code wastefully does), and cached once per training sample when the training data
-are not augmented.
+the SNL code wastefully does), and cached once per training sample, in float32, when the
+training data are not augmented.
 """
 
 from __future__ import annotations
@@ -49,9 +49,12 @@ def kd_per_sample(
 class TeacherLogits:
     """The frozen teacher's logits for a training batch.
 
-    Without augmentation the logits of every training sample are computed once and looked up
-    by the batch's sample indices; with augmentation the teacher runs (no grad) on the
-    augmented batch itself, so teacher and student see the same input.
+    Without augmentation the logits of every training sample are computed once, in float32
+    (:func:`~tune_linfair.train.evaluate`: autocast off, no TF32), and looked up by the
+    batch's sample indices. With augmentation the teacher runs (no grad) on the augmented
+    batch itself, so teacher and student see the same input; that forward runs at the
+    training step's precision (bf16 autocast on CUDA, like the student's), because a float32
+    teacher pass at every step would cost more than the bf16 student step it serves.
     """
 
     def __init__(self, teacher: nn.Module, train: Split, augmented: bool) -> None:

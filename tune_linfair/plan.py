@@ -134,9 +134,12 @@ def phase_rows(
     *,
     diagnose: str = "pareto",
     snl_epochs: int | None = None,
+    prebuild: bool = True,
 ) -> list[PhaseRow]:
     """The plan's rows: base, linearize (one row per method), the fine-tunes (``search``
-    or ``grid``) and diagnose, counted after the cache in ``cache_dir``."""
+    or ``grid``) and diagnose, counted after the cache in ``cache_dir``. Without
+    ``prebuild`` (``--no-prebuild``) the trials build their models: a search asks for at
+    most one linearized model per fine-tune, maybe not all of the finite set."""
     exp = space.experiment
     grid = objective == "grid"
     finetunes = len(space.grid_points()) if grid else trials * space.repeats
@@ -151,7 +154,7 @@ def phase_rows(
     else:
         keys = [base_key(exp, s, options) for s in seeds]
         have = sum(read_meta(artifact_dir(cache_dir, "base", k)) is not None for k in keys)
-        note = f"seeds {_span(seeds)}"
+        note = f"seeds {_span(seeds)}" + ("" if prebuild else ", inside the trials (--no-prebuild)")
         rows.append(PhaseRow("base", len(keys) - have, have, False, per_base, hessian, note))
 
     model = create_model(
@@ -185,8 +188,13 @@ def phase_rows(
                 )
                 mine = [j for j in mine if j.budget not in unmet]
                 have = sum(_linearized(exp, j, options, cache_dir) for j in mine)
+            runs, upto = len(mine) - have, False
+            if not prebuild:
+                note = "inside the trials (--no-prebuild); " + note
+                upto = not grid and runs > 0
+                runs = runs if grid else min(runs, finetunes)
             row = PhaseRow(
-                f"linearize {method}", len(mine) - have, have, False, per_run, bound, note
+                f"linearize {method}", runs, have, upto, per_run, bound, note.rstrip("; ")
             )
             rows.append(row)
 
@@ -327,7 +335,7 @@ def print_plan(args: argparse.Namespace, space: SearchSpace) -> None:
     shape = data_shape(exp, seeds[0])
     cache = rundir.locate(args.storage_path, args.run_dir, space.name, args.objective).cache
     trials = args.trials or space.trials
-    diagnose = getattr(args, "diagnose", None) or "pareto"
+    diagnose = args.diagnose
     rows = phase_rows(
         space,
         args.objective,
@@ -336,6 +344,7 @@ def print_plan(args: argparse.Namespace, space: SearchSpace) -> None:
         shape,
         diagnose=diagnose,
         snl_epochs=args.snl_epochs,
+        prebuild=not args.no_prebuild,
     )
     if args.images_per_s:
         rates = [(name, rate, "given") for name, rate in args.images_per_s]

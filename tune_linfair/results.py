@@ -51,30 +51,38 @@ from tune_linfair.pareto import pareto_mask
 from tune_linfair.trial import OBJECTIVES
 
 __all__ = [
+    "ALL_TABLES",
     "GROUPS_COLUMNS",
     "GROUPS_SCHEMA",
     "SAMPLES_COLUMNS",
     "SAMPLES_SCHEMA",
+    "STAGES_COLUMNS",
+    "STAGES_SCHEMA",
     "TABLES",
     "TRIALS_COLUMNS",
     "TRIALS_SCHEMA",
     "describe",
     "load_groups",
     "load_samples",
+    "load_stages",
     "load_table",
     "load_trials",
     "read_trial_row",
     "trial_file",
+    "write_stage",
     "write_trial",
 ]
 
 from tune_linfair.schemas import (  # noqa: F401  (re-exported)
     _F,
     _IDS,
+    ALL_TABLES,
     GROUPS_COLUMNS,
     GROUPS_SCHEMA,
     SAMPLES_COLUMNS,
     SAMPLES_SCHEMA,
+    STAGES_COLUMNS,
+    STAGES_SCHEMA,
     TABLES,
     TRIALS_COLUMNS,
     TRIALS_SCHEMA,
@@ -82,13 +90,13 @@ from tune_linfair.schemas import (  # noqa: F401  (re-exported)
 
 
 def describe(table: str | None = None) -> str:
-    """Markdown tables (column, type, description) of one table or of all four (the
-    per-trial tables and :data:`tune_linfair.aggregate.CONFIGS_SCHEMA`).
+    """Markdown tables (column, type, description) of one table or of all five (the
+    per-trial tables, ``stages`` and :data:`tune_linfair.aggregate.CONFIGS_SCHEMA`).
 
     The README's "Parquet tables" section embeds this text (tests/test_results.py checks it
     is current).
     """
-    schemas = {"configs": CONFIGS_SCHEMA, **TABLES}
+    schemas = {"configs": CONFIGS_SCHEMA, **ALL_TABLES}
     names = [table] if table is not None else list(schemas)
     out: list[str] = []
     for name in names:
@@ -158,7 +166,7 @@ def _table(name: str, rows: Sequence[Mapping[str, Any]], ids: Mapping[str, str])
     Every row must have exactly the schema's columns (ValueError otherwise: a programming
     error, not a user one) and the same ``run_id``/``trial_id`` as the trial.
     """
-    schema = TABLES[name]
+    schema = ALL_TABLES[name]
     expected = set(schema.names)
     columns: dict[str, list[Any]] = {c: [] for c in schema.names}
     for i, row in enumerate(rows):
@@ -192,8 +200,8 @@ def _check_trial_id(trial_id: Any) -> str:
 
 def trial_file(run_dir: str | os.PathLike[str], table: str, trial_id: str) -> Path:
     """Path of one trial's file: ``RUN/<table>/<trial_id>.parquet``."""
-    if table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(TABLES)}")
+    if table not in ALL_TABLES:
+        raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(ALL_TABLES)}")
     return Path(run_dir) / table / f"{_check_trial_id(trial_id)}.parquet"
 
 
@@ -226,6 +234,15 @@ def write_trial(
             pq.write_table(tables[name], fh, compression="zstd")
 
 
+def write_stage(run_dir: str | os.PathLike[str], row: Mapping[str, Any]) -> None:
+    """Atomically write (or replace) one phase run's row, ``RUN/stages/<trial_id>.parquet``
+    (:data:`STAGES_SCHEMA`); a rerun of the same phase run replaces it."""
+    trial_id = _check_trial_id(row.get("trial_id"))
+    table = _table("stages", [row], {"run_id": row.get("run_id"), "trial_id": trial_id})
+    with atomic_write(trial_file(run_dir, "stages", trial_id)) as fh:
+        pq.write_table(table, fh, compression="zstd")
+
+
 # ---------------------------------------------------------------------------------------
 # reading
 
@@ -245,8 +262,8 @@ def load_table(run_dir: str | os.PathLike[str], table: str) -> pd.DataFrame:
     UserError (one line) when the directory holds no such files or a file is not one of
     ours (a foreign or corrupt Parquet file, ids missing).
     """
-    if table not in TABLES:
-        raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(TABLES)}")
+    if table not in ALL_TABLES:
+        raise ValueError(f"unknown table {table!r}; choose one of: {', '.join(ALL_TABLES)}")
     run = Path(run_dir)
     folder = run / table
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
@@ -257,7 +274,7 @@ def load_table(run_dir: str | os.PathLike[str], table: str) -> pd.DataFrame:
             if run.is_dir()
             else f"run directory {run} does not exist"
         )
-    schema = TABLES[table]
+    schema = ALL_TABLES[table]
     try:
         data = pads.dataset([str(f) for f in files], schema=schema, format="parquet").to_table()
     except (pa.ArrowException, OSError) as exc:
@@ -297,6 +314,13 @@ def load_groups(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
 def load_samples(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """All samples rows (trial x stage x split x sample); see :data:`SAMPLES_SCHEMA`."""
     return load_table(run_dir, "samples")
+
+
+def load_stages(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """All phase runs (base, linearize, search, diagnose), in finishing order; see
+    :data:`STAGES_SCHEMA`."""
+    df = load_table(run_dir, "stages")
+    return df.sort_values(["finished_at", "trial_id"], kind="stable").reset_index(drop=True)
 
 
 def read_trial_row(run_dir: str | os.PathLike[str], trial_id: str) -> dict[str, Any] | None:

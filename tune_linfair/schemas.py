@@ -52,6 +52,25 @@ TRIALS_SCHEMA: pa.Schema = _schema(
         ("relu_count", _I, "ReLUs kept (per image) after linearization"),
         ("relu_total", _I, "ReLUs of the all-ReLU model (per image)"),
         ("relu_fraction", _F, "relu_count / relu_total"),
+        (
+            "reached_budget",
+            _B,
+            "SNL: the running ReLU count reached the budget within linearize.max_epochs "
+            "(false: the largest masks were kept anyway; null for other methods)",
+        ),
+        (
+            "threshold_count",
+            _I,
+            "SNL: ReLUs with mask above linearize.threshold when mask training stopped "
+            "(null for other methods)",
+        ),
+        (
+            "lin_steps",
+            _I,
+            "optimizer steps of the linearization (SNL mask training, DeepReDuce "
+            "distillation; 0 for random)",
+        ),
+        ("lin_epochs", _I, "epochs (started) of the linearization's training"),
         ("mu", _F, "multiplier step of the lagrangian mitigation (null for other mitigations)"),
         (
             "epsilon",
@@ -81,6 +100,14 @@ TRIALS_SCHEMA: pa.Schema = _schema(
         ),
         ("est_online_comm_total_mb", _F, "online communication with the linear part (MB)"),
         ("wall_time_s", _F, "wall-clock time of the trial (s)"),
+        (
+            "lock_wait_s",
+            _F,
+            "seconds the trial spent blocked on artifact locks (another trial building its "
+            "base or linearized model)",
+        ),
+        ("node_id", _S, "Ray node the trial ran on"),
+        ("device", _S, "torch device the trial ran on (cpu, cuda:0, ...; the one Ray gave it)"),
         ("status", _S, "ok or failed"),
         ("error", _S, "reason of the failure (null when ok)"),
         ("checkpoint_path", _S, "path of the final model checkpoint"),
@@ -136,6 +163,33 @@ SAMPLES_SCHEMA: pa.Schema = _schema(
     ]
 )
 
+STAGES_SCHEMA: pa.Schema = _schema(
+    [
+        ("run_id", _S, "sweep identifier"),
+        (
+            "trial_id",
+            _S,
+            "phase run identifier (base-s0, lin-snl-b0.1-s0, a search trial's id, "
+            "diag-<trial_id>); also the file name",
+        ),
+        ("phase", _S, "the sweep phase that ran it: base, linearize, search, grid or diagnose"),
+        ("stage", _S, "what it produced: base, linearized, finetuned or diagnosed"),
+        ("seed", _I, "random seed"),
+        ("method", _S, "linearization method (linearized and later stages)"),
+        ("budget", _F, "requested ReLU budget (linearized and later stages)"),
+        ("mask_mitigation", _S, "SNL's group term (linearized and later stages)"),
+        ("key", _S, "cache key of the artifact (base, linearized) or the trial id it diagnosed"),
+        ("computed", _B, "True when this run computed it, False when the cache already had it"),
+        ("wall_time_s", _F, "wall-clock time of the run (s)"),
+        ("lock_wait_s", _F, "seconds blocked on artifact locks"),
+        ("node_id", _S, "Ray node it ran on"),
+        ("device", _S, "torch device it ran on"),
+        ("status", _S, "ok or failed"),
+        ("error", _S, "reason of the failure (null when ok)"),
+        ("finished_at", _T, "when it finished (UTC)"),
+    ]
+)
+
 TRIALS_COLUMNS: tuple[str, ...] = tuple(TRIALS_SCHEMA.names)
 GROUPS_COLUMNS: tuple[str, ...] = tuple(GROUPS_SCHEMA.names)
 SAMPLES_COLUMNS: tuple[str, ...] = tuple(SAMPLES_SCHEMA.names)
@@ -145,3 +199,8 @@ TABLES: dict[str, pa.Schema] = {
     "groups": GROUPS_SCHEMA,
     "samples": SAMPLES_SCHEMA,
 }
+"""The per-trial tables: :func:`tune_linfair.results.write_trial` writes one file to each."""
+
+ALL_TABLES: dict[str, pa.Schema] = {**TABLES, "stages": STAGES_SCHEMA}
+"""Every table of a run directory: the per-trial ones and ``stages`` (one row per phase run)."""
+STAGES_COLUMNS: tuple[str, ...] = tuple(STAGES_SCHEMA.names)

@@ -11,16 +11,18 @@ validation worst-group relative drop min, ReLU count min; Optuna multi-objective
 The run directory's layout and checks are :mod:`tune_linfair.rundir`; this module keeps the
 command line and the Ray Tune / Optuna wiring.
 
-Every trial chains base (cached) -> linearize (cached) -> fine-tune -> evaluate and writes
-one row to ``RUN/trials/``, per-group rows to ``RUN/groups/`` and per-sample rows to
-``RUN/samples/`` (see :mod:`tune_linfair.results`). Errors a user can cause end with one
+A sweep runs in phases (:mod:`tune_linfair.phases`), each a Tune experiment under
+``RUN/tune/``: base models, linearized models, the search (or grid) trials, and the full
+diagnostics of the trials that need them. Every search trial fine-tunes and evaluates one
+configuration on one seed and writes one row to ``RUN/trials/``, per-group rows to
+``RUN/groups/`` and per-sample rows to ``RUN/samples/``; the phase runs write
+``RUN/stages/`` (see :mod:`tune_linfair.results`). Errors a user can cause end with one
 line and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import shlex
@@ -29,15 +31,17 @@ import warnings
 from pathlib import Path
 
 from tune_linfair import plan, rundir
+from tune_linfair.cli import run_program
 from tune_linfair.errors import UserError
 from tune_linfair.interrupt import InterruptWatch, SweepInterrupted
+from tune_linfair.jobs import DIAGNOSE_MODES
+from tune_linfair.preflight import preflight, with_effective_data_options
 from tune_linfair.rundir import SweepRecord
 from tune_linfair.spaces import SearchSpace, apply_overrides, load_space, parse_space
-from tune_linfair.stages import preflight, with_effective_data_options
 from tune_linfair.summary import summarize
-from tune_linfair.trial import SEARCHES, suggest
+from tune_linfair.trial import SEARCHES
 
-RESUMED_ARGS = ("objective", "trials", "max_concurrent", "max_accuracy_drop", "seed")
+RESUMED_ARGS = ("objective", "trials", "max_concurrent", "max_accuracy_drop", "seed", "diagnose")
 """Options a resumed sweep takes from its record when the command line does not repeat them."""
 
 
@@ -94,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a space entry, e.g. --set base.epochs=5 --set grid.seed=[0,1]",
     )
     p.add_argument(
+        "--diagnose",
+        choices=DIAGNOSE_MODES,
+        help="which fine-tuned trials get gradients, Hessians and boundary distances after "
+        "the search: pareto (the front's configurations, default), all, none",
+    )
+    p.add_argument(
+        "--no-prebuild",
+        action="store_true",
+        help="skip the base and linearize phases: each trial builds what it needs",
+    )
+    p.add_argument(
         "--max-accuracy-drop",
         type=float,
         help="Optuna constraint: validation accuracy at most this many points below the base",
@@ -136,9 +151,9 @@ def resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, SearchSpace, 
 
 def _with_defaults(args: argparse.Namespace, **saved) -> argparse.Namespace:
     """A copy of ``args`` with the ``saved`` options filled in, then the defaults of what
-    neither gives: objective ``pareto``, sampler seed 0."""
+    neither gives: objective ``pareto``, sampler seed 0, diagnose ``pareto``."""
     values = {**vars(args), **{k: v for k, v in saved.items() if v is not None}}
-    for name, default in (("objective", "pareto"), ("seed", 0)):
+    for name, default in (("objective", "pareto"), ("seed", 0), ("diagnose", "pareto")):
         if values.get(name) is None:
             values[name] = default
     return argparse.Namespace(**values)
@@ -260,74 +275,6 @@ def check_resources(ray, cpus: float, gpus: float) -> None:
         )
 
 
-def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, constrained: bool):
-    """OptunaSearch with the objectives as lists, a seeded TPE sampler, constraints through
-    ``trial.set_constraint`` and a journal file ``RUN/optuna.journal`` (optuna-dashboard can
-    open it)."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-    from ray.tune.search.optuna import OptunaSearch
-
-    from tune_linfair.aggregate import SeedGroups
-
-    class SweepOptunaSearch(OptunaSearch):
-        """Runs every configuration Optuna suggests on the space's seeds, one Tune trial per
-        seed (:class:`tune_linfair.aggregate.SeedGroups`), and tells Optuna the mean over
-        the seeds once all have finished (FAIL if one failed). The Optuna trial carries the
-        Tune trial ids of its seeds (``tune_trial_ids``; ``tune_trial_id`` = the first),
-        and, for a constrained sweep, the mean ``constraint_*`` values."""
-
-        def suggest(self, trial_id):
-            config = self.seed_groups.assign(trial_id)
-            if config is not None:
-                return config
-            config = super().suggest(trial_id)
-            ot_trial = self._ot_trials.get(trial_id)
-            if not isinstance(config, dict) or ot_trial is None:
-                return config
-            ot_trial.set_user_attr("tune_trial_id", trial_id)
-            return self.seed_groups.open(trial_id, config)
-
-        def on_trial_result(self, trial_id, result):
-            """No intermediate values: a configuration's seeds share one Optuna trial."""
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            done = self.seed_groups.complete(trial_id, None if error or not result else result)
-            if done is None:
-                return
-            group, mean, members = done
-            ot_trial = self._ot_trials.get(group)
-            if ot_trial is not None:
-                ot_trial.set_user_attr("tune_trial_ids", members)
-                for key, value in (mean or {}).items():
-                    if constrained and key.startswith("constraint_"):
-                        ot_trial.set_constraint(key, float(value))
-            super().on_trial_complete(group, mean, error=mean is None)
-
-    metric = [o.name for o in SEARCHES[objective]]
-    mode = [o.mode for o in SEARCHES[objective]]
-    storage = JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
-    searcher = SweepOptunaSearch(
-        # Define-by-run: no computation, and a partial pickles for Tune's checkpoints.
-        space=functools.partial(
-            suggest,
-            search=dict(space.search),
-            default_mitigation=space.experiment.finetune.mitigation,
-        ),
-        metric=metric if len(metric) > 1 else metric[0],
-        mode=mode if len(mode) > 1 else mode[0],
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        storage=storage,
-        study_name=run_dir.name,
-    )
-    searcher.seed_groups = SeedGroups(space.seeds or [None])
-    # optuna-dashboard then shows val_accuracy, val_worst_group_drop, relu_count, not 0, 1, 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        searcher._ot_study.set_metric_names(metric)
-    return searcher
-
-
 def run_sweep(args: argparse.Namespace) -> Path | None:
     """Validate, start Ray, run (or resume) the sweep, summarize; return RUN (--plan: None)."""
     args, space, record = resolve(args)
@@ -335,18 +282,23 @@ def run_sweep(args: argparse.Namespace) -> Path | None:
     if plan.requested(args):
         plan.print_plan(args, space)
         return None
-    preflight(space, args.objective)
+    unreachable = preflight(space, args.objective)
     space = with_effective_data_options(space)
     run = rundir.locate(args.storage_path, args.run_dir, space.name, args.objective, record)
     run_dir = run.path
+
+    if args.resume and (run.tune / "tuner.pkl").is_file():
+        raise UserError(
+            f"{run_dir} was started by an older tune_linfair (one Tune experiment, no "
+            "phases) and cannot be resumed by this one; start a new --run-dir"
+        )
 
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     ray = start_ray(args)
-    from ray import tune
-
-    from tune_linfair.trainables import SweepContext, search_trial
+    from tune_linfair import phases
+    from tune_linfair.trainables import SweepContext
 
     try:
         gpus = args.gpus_per_trial
@@ -364,72 +316,39 @@ def run_sweep(args: argparse.Namespace) -> Path | None:
             cpus_per_trial=args.cpus_per_trial,
             max_accuracy_drop=args.max_accuracy_drop,
         )
-        trainable = tune.with_resources(
-            tune.with_parameters(search_trial, context=context),
-            {"cpu": args.cpus_per_trial, "gpu": gpus},
-        )
-        tune_dir = run.tune
-        if args.resume and tune.Tuner.can_restore(str(tune_dir)):
-            # Optuna trials left RUNNING by the killed driver stay RUNNING here: the
-            # restored searcher tells those whose Tune trials it reruns; the rest are told
-            # FAIL after the fit (failing them first would refuse the reruns' results).
-            # Errored trials rerun too: one with a failed row fails again at once
-            # (trainables.search_trial), one that died before writing a row runs.
-            tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=True)
-        else:
-            tuner = build_tuner(args, space, trainable, run_dir)
         with InterruptWatch() as interrupt:
-            tuner.fit()
+            runner = phases.PhaseRunner(
+                context=context,
+                run=run,
+                resources={"cpu": args.cpus_per_trial, "gpu": gpus},
+                max_concurrent=args.max_concurrent or space.max_concurrent,
+                interrupted=lambda: interrupt.seen,
+            )
+            if not args.no_prebuild:
+                phases.prebuild(runner, space, args.objective, unreachable)
+            if not interrupt.seen:
+                phases.search(
+                    runner,
+                    space,
+                    args.objective,
+                    trials=args.trials or space.trials,
+                    sampler_seed=args.seed,
+                    constrained=args.max_accuracy_drop is not None,
+                    resume=args.resume,
+                )
+            if not interrupt.seen:
+                orphans = rundir.fail_orphan_optuna_trials(run_dir)
+                if orphans:
+                    print(f"marked {orphans} orphan Optuna trial(s) FAIL", flush=True)
+                phases.diagnose(runner, args.diagnose)
         if interrupt.seen:
             # Tune stopped with its state saved and reruns the unfinished trials on
             # --resume; their Optuna trials must stay RUNNING until then.
             raise SweepInterrupted(run_dir)
-        orphans = rundir.fail_orphan_optuna_trials(run_dir)
-        if orphans:
-            print(f"marked {orphans} orphan Optuna trial(s) FAIL", flush=True)
     finally:
         ray.shutdown()
     summarize(run_dir)
     return run_dir
-
-
-def build_tuner(args: argparse.Namespace, space: SearchSpace, trainable, run_dir: Path):
-    """The Tuner of a fresh sweep. Workers are reused across trials (``reuse_actors``): a
-    fresh worker per trial costs ~5 CPU-s of boot, imports and data loading, and reuse made
-    a 4-trial sweep 2.15x faster (bench/RESULTS.md, section 1)."""
-    from ray import tune
-
-    max_concurrent = args.max_concurrent or space.max_concurrent
-    run_config = tune.RunConfig(
-        name="tune",
-        storage_path=str(run_dir),
-        failure_config=tune.FailureConfig(max_failures=0),
-        verbose=1,
-    )
-    if args.objective == "grid":
-        points = [{**p, "point_index": i} for i, p in enumerate(space.grid_points())]
-        return tune.Tuner(
-            trainable,
-            param_space={"point": tune.grid_search(points)},
-            tune_config=tune.TuneConfig(
-                num_samples=1, max_concurrent_trials=max_concurrent, reuse_actors=True
-            ),
-            run_config=run_config,
-        )
-    searcher = make_searcher(
-        space, args.objective, run_dir, args.seed, constrained=args.max_accuracy_drop is not None
-    )
-    return tune.Tuner(
-        trainable,
-        param_space={},
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            num_samples=(args.trials or space.trials) * space.repeats,
-            max_concurrent_trials=max_concurrent,
-            reuse_actors=True,
-        ),
-        run_config=run_config,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -447,4 +366,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_program(main))

@@ -26,18 +26,14 @@ import torch
 from tune_linfair.cache import Artifact, base_key, cached, linearized_key
 from tune_linfair.config import ExperimentConfig, LinearizeSettings, to_dict
 from tune_linfair.data import GroupedDataset, dataset_options, get_dataset
-from tune_linfair.errors import BudgetUnreachable
 from tune_linfair.finetune import finetune
 from tune_linfair.linearize import linearize
-from tune_linfair.linearize.budget import resolve_budget
-from tune_linfair.linearize.deepreduce import select_config
 from tune_linfair.metrics import diagnose, pi_cost, weight_distance
 from tune_linfair.metrics.cost import cost_model_for
 from tune_linfair.models import count_relus, create_model, save_checkpoint, total_relus
 from tune_linfair.models.checkpoint import load_model
 from tune_linfair.pretrain import pretrain
-from tune_linfair.spaces import SearchSpace, parse_space
-from tune_linfair.train import resolve_device, seed_everything
+from tune_linfair.train import seed_everything
 from tune_linfair.trial import TrialParams, fraction, trial_row
 
 
@@ -87,10 +83,12 @@ def _diagnostics(
     stage: str,
     base_acc: dict[str, list[float]] | None,
     heavy: bool = True,
+    boundary: bool = True,
 ) -> dict[str, Any]:
-    """Per-group diagnostics on the configured splits: gradient norms and Hessian
-    eigenvalues only on the test split (they feed the paper's figures), accuracy, loss and
-    margins on every split. Values in the metrics API's percent."""
+    """Per-group diagnostics on the configured splits: accuracy, loss and margins on every
+    split; with ``heavy``, gradient norms and Hessian eigenvalues on the test split (they
+    feed the paper's figures); with ``boundary``, boundary distances on every split (each as
+    the space's ``diagnostics`` section allows). Values in the metrics API's percent."""
     d = exp.diagnostics
     out: dict[str, Any] = {"groups": [], "samples": [], "summary": {}}
     for split in d.splits:
@@ -105,7 +103,7 @@ def _diagnostics(
             gradients=d.gradients and on_test,
             hessian=d.hessian and on_test,
             hessian_max_samples=d.hessian_max_samples,
-            boundary=d.boundary,
+            boundary=d.boundary and boundary,
         )
         out["groups"].extend(diag.group_rows)
         if split == "test" and d.samples:
@@ -125,16 +123,17 @@ def run_base(
     seed: int,
     cache_dir: str | Path,
     *,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> tuple[Artifact, bool]:
-    """Train (or reuse) the all-ReLU base model for ``seed`` (:func:`~tune_linfair.pretrain.pretrain`).
+    """Train (or reuse) the all-ReLU base model for ``seed`` (:func:`~tune_linfair.pretrain.pretrain`)
+    on ``device`` (the caller's: in a sweep, the one Ray gave the trial).
 
     Its meta holds validation/test accuracy overall and per group and the base diagnostics
     (gradients and Hessians at the base weights, which the paper's Theorem 4.4 needs).
     Returns ``(artifact, computed)``.
     """
-    device = resolve_device(device)
+    device = torch.device(device)
     key = base_key(exp, seed, data_options(exp))
 
     def compute(path: Path) -> dict:
@@ -177,7 +176,7 @@ def run_linearize(
     cache_dir: str | Path,
     *,
     settings: LinearizeSettings | None = None,
-    device: str | torch.device | None = None,
+    device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> tuple[Artifact, bool]:
     """Linearize (or reuse) ``base`` to ``budget`` with ``method`` (snl, deepreduce, random)
@@ -187,7 +186,7 @@ def run_linearize(
     are binary and frozen; its meta holds the linearization log (ReLU count and penalty
     coefficient over time, steps used) and accuracy right after linearization.
     """
-    device = resolve_device(device)
+    device = torch.device(device)
     settings = exp.linearize if settings is None else settings
     key = linearized_key(base.key, settings, method, budget, seed)
 
@@ -248,6 +247,18 @@ def _group_row(ids: Mapping[str, str], row: Mapping[str, Any], n_train: list[int
     return {**ids, **row, **fractions, "n_train": n_train[int(row["group"])]}
 
 
+def linearization_columns(log: Mapping[str, Any]) -> dict[str, Any]:
+    """The trials columns that report how the linearization went, from its log (the
+    linearized artifact's meta): ``reached_budget`` and ``threshold_count`` (SNL; None for
+    other methods), ``lin_steps`` and ``lin_epochs``."""
+    return {
+        "reached_budget": log.get("reached_budget"),
+        "threshold_count": log.get("threshold_count"),
+        "lin_steps": log.get("steps"),
+        "lin_epochs": log.get("epochs"),
+    }
+
+
 def run_trial(
     exp: ExperimentConfig,
     params: TrialParams | Mapping[str, Any],
@@ -256,7 +267,7 @@ def run_trial(
     *,
     run_id: str = "",
     trial_id: str = "",
-    device: str | torch.device | None = None,
+    device: str | torch.device = "cpu",
     on_epoch_end: Callable[[int, dict, torch.nn.Module], None] | None = None,
     progress: bool = False,
 ) -> TrialOutcome:
@@ -266,11 +277,13 @@ def run_trial(
     mapping of them). The fine-tuned checkpoint, with the trial's parameters and final
     Lagrange multipliers in its record, is written to ``trial_dir/model.pt``. Validation
     metrics are the search objectives; test metrics are reported, never used for selection.
+    The fine-tuned model gets the cheap diagnostics (accuracy, loss, margin per group);
+    :func:`run_diagnose` adds gradients, Hessians and boundary distances later.
     """
     start = time.time()
     if not isinstance(params, TrialParams):
         params = TrialParams.from_config(params, exp)
-    device = resolve_device(device)
+    device = torch.device(device)
     seed = params.seed
     base, base_computed = run_base(exp, seed, cache_dir, device=device, progress=progress)
     lin, lin_computed = run_linearize(
@@ -303,7 +316,9 @@ def run_trial(
         "multipliers": {k: v.tolist() for k, v in result.multipliers.items()},
     }
     checkpoint = save_checkpoint(Path(trial_dir) / "model.pt", student, record)
-    diag = _diagnostics(exp, student, data, "finetuned", base.meta["group_accuracy"])
+    diag = _diagnostics(
+        exp, student, data, "finetuned", base.meta["group_accuracy"], heavy=False, boundary=False
+    )
     relu_count = count_relus(student)
     summary = {s: diag["summary"].get(s, {}) for s in ("val", "test")}
     measured = {
@@ -319,6 +334,7 @@ def run_trial(
         "checkpoint_path": str(checkpoint),
         "base_key": base.key,
         "lin_key": lin.key,
+        **linearization_columns(lin.meta["log"]),
     }
     for split, values in summary.items():
         measured[f"{split}_accuracy"] = fraction(values.get("accuracy"))
@@ -327,69 +343,61 @@ def run_trial(
         measured[f"base_{split}_accuracy"] = fraction(base.meta["accuracy"].get(split))
     ids = {"run_id": run_id, "trial_id": trial_id}
     row = trial_row(
-        **ids, exp=exp, params=params, wall_time_s=time.time() - start, measured=measured
+        **ids,
+        exp=exp,
+        params=params,
+        wall_time_s=time.time() - start,
+        measured=measured,
+        lock_wait_s=base.lock_wait_s + lin.lock_wait_s,
+        device=str(device),
     )
+    groups, samples = _trial_details(ids, data, base, lin, diag)
+    return TrialOutcome(row, groups, samples, base_computed, lin_computed)
+
+
+def _trial_details(
+    ids: Mapping[str, str],
+    data: GroupedDataset,
+    base: Artifact,
+    lin: Artifact,
+    diag: Mapping[str, Any],
+) -> tuple[list[dict], list[dict]]:
+    """A trial's groups rows (base, linearized, fine-tuned) and samples rows."""
     n_train = data.train.group_counts(data.num_groups)
     groups = [
         _group_row(ids, r, n_train)
         for r in base.meta["groups"] + lin.meta["groups"] + diag["groups"]
     ]
-    samples = [{**ids, **r} for r in diag["samples"]]
-    return TrialOutcome(row, groups, samples, base_computed, lin_computed)
+    return groups, [{**ids, **r} for r in diag["samples"]]
 
 
-# -- before a sweep ----------------------------------------------------------------------
-def with_effective_data_options(space: SearchSpace) -> SearchSpace:
-    """The space with its data set's effective options written out (the loader's defaults
-    with the space's on top). The sweep saves and its trials parse this form, so a resumed
-    sweep keeps its split even if a later version changes a loader's default."""
-    data = {**(space.raw.get("data") or {}), "options": data_options(space.experiment)}
-    return parse_space({**space.raw, "data": data}, space.name)
-
-
-def preflight(space: SearchSpace, objective: str) -> None:
-    """Fail before Ray starts on what would fail every trial: missing data, a model that
-    cannot take the data, budgets above the model's total, impossible DeepReDuce budgets."""
-    exp = space.experiment
-    seeds = _values(space, "seed", objective) or [0]
-    data = load_data(exp, int(seeds[0]))
-    model = create_model(
-        exp.model.name, data.num_classes, data.input_shape, exp.model.width, exp.model.granularity
+def run_diagnose(
+    exp: ExperimentConfig,
+    checkpoint: str | Path,
+    cache_dir: str | Path,
+    ids: Mapping[str, str],
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[list[dict], list[dict]]:
+    """The full diagnostics of a fine-tuned trial, from its checkpoint: per-group gradient
+    norms and Hessian eigenvalues (where the space's ``diagnostics`` asks for them) and
+    boundary distances, beside accuracy, loss and margins. Returns the trial's groups and
+    samples rows, which replace the cheap ones its search trial wrote."""
+    device = torch.device(device)
+    student, record = load_model(checkpoint, device)
+    params = TrialParams.from_config(record["params"], exp)
+    base, _ = run_base(exp, params.seed, cache_dir, device=device)
+    settings = params.linearize_settings(exp.linearize)
+    lin, _ = run_linearize(
+        exp,
+        base,
+        params.method,
+        params.budget,
+        params.seed,
+        cache_dir,
+        settings=settings,
+        device=device,
     )
-    total = total_relus(model)
-    methods = _values(space, "method", objective)
-    budgets = _budget_values(space, objective)
-    for budget in budgets:
-        resolve_budget(budget, total)
-    if "deepreduce" in methods and budgets:
-        # Staged model required; budgets no configuration meets fail their own trials
-        # (recorded as failed rows), unless no budget at all can be met.
-        unmet = []
-        for budget in budgets:
-            try:
-                select_config(model, budget)
-            except BudgetUnreachable as err:
-                unmet.append((budget, err))
-        if len(unmet) == len(budgets):
-            raise unmet[0][1]
-        for budget, _ in unmet:
-            print(f"note: deepreduce cannot meet budget {budget}; those trials will fail")
-
-
-def _values(space: SearchSpace, key: str, objective: str) -> list:
-    if objective == "grid" and key in space.grid:
-        return list(space.grid[key])
-    spec = space.search.get(key)
-    if spec is None:
-        return []
-    if isinstance(spec, dict):
-        return list(spec.get("choices", []))
-    return [spec]
-
-
-def _budget_values(space: SearchSpace, objective: str) -> list:
-    values = _values(space, "budget", objective)
-    spec = space.search.get("budget")
-    if objective != "grid" and isinstance(spec, dict) and "low" in spec:
-        values = [spec["low"], spec["high"]]
-    return values
+    data = load_data(exp, params.seed, device)
+    diag = _diagnostics(exp, student, data, "finetuned", base.meta["group_accuracy"])
+    return _trial_details(ids, data, base, lin, diag)

@@ -19,6 +19,7 @@ import pandas as pd
 
 from tune_linfair import aggregate, results
 from tune_linfair.cache import write_json
+from tune_linfair.plotdata import save_figure
 
 
 def _pm(mean: float, low: float, scale: float = 1.0, digits: int = 1) -> str:
@@ -100,10 +101,30 @@ def summarize(run_dir: Path) -> int:
                 f"Median attainment surface: {run_dir / 'attainment.json'}"
             )
         print(f"Pareto plot: {plot_pareto(configs, run_dir / 'pareto.png')}")
-    for table in ("configs", "trials", "groups", "samples"):
-        print(f"Parquet {table}: {run_dir / table}")
+    warning = snl_budget_warning(trials)
+    if warning:
+        print(warning)
+    for table in ("configs", "trials", "groups", "samples", "stages"):
+        if (run_dir / table).is_dir():
+            print(f"Parquet {table}: {run_dir / table}")
     print(f"Report: python analysis/report.py {run_dir}")
     return failed
+
+
+def snl_budget_warning(trials: pd.DataFrame) -> str | None:
+    """One line when ok SNL trials ran out of mask-training epochs before their ReLU budget
+    (``reached_budget`` false: their masks are the largest ones of an unfinished penalty
+    schedule, not SNL's choice), naming how many and what to change; else None."""
+    if "reached_budget" not in trials:
+        return None
+    snl = trials[((trials["status"] == "ok") & (trials["method"] == "snl")).fillna(False)]
+    short = int((snl["reached_budget"] == False).fillna(False).sum())  # noqa: E712
+    if not short:
+        return None
+    return (
+        f"warning: {short} of {len(snl)} SNL trials hit linearize.max_epochs before their "
+        "budget: raise it or linearize.c0"
+    )
 
 
 def plot_pareto(configs: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
@@ -112,7 +133,9 @@ def plot_pareto(configs: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
     Colour = method; Pareto configurations (the ``pareto`` column of the configs table, the
     3-objective front on means) are ringed in black. matplotlib is imported here, with the
-    Agg backend, only when a plot is asked for. analysis/pareto.py draws the fuller version.
+    Agg backend, only when a plot is asked for. The plotted numbers go beside it
+    (``pareto.data.json``, :mod:`tune_linfair.plotdata`). analysis/pareto.py draws the
+    fuller version.
     """
     import matplotlib
 
@@ -147,8 +170,6 @@ def plot_pareto(configs: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    out = save_figure(fig, path, dpi=120)
     plt.close(fig)
     return out

@@ -6,7 +6,9 @@ grows a loop of its own (torchvision's ``references/classification/train.py`` la
 
 Data are :class:`~tune_linfair.data.base.Split` tensors held on the training device;
 batches are drawn by ``randperm`` and augmented on tensors (airbench's approach).
-On CUDA, training runs under bf16 autocast with channels_last memory format.
+On CUDA, training runs under bf16 autocast with channels_last memory format; evaluation
+always runs in full float32 (:func:`tune_linfair.numerics.float32`), since its logits are
+measurements.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tune_linfair.data.base import Split
+from tune_linfair.numerics import float32
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/"auto" -> CUDA when available, else CPU."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -188,13 +184,15 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = 1024) -> EvalResult:
-    """Logits of ``model`` (eval mode) on every sample of ``split``, in order."""
+    """Logits of ``model`` (eval mode) on every sample of ``split``, in order, computed in
+    float32 with autocast off even inside a caller's autocast context (they feed accuracies,
+    losses, margins and the cached teacher logits)."""
     device = model_device(model)
     was_training = model.training
     model.eval()
     chunks = []
     for batch in iterate_batches(split, batch_size):
-        with _autocast(device):
+        with float32():
             chunks.append(model(_prepare(batch.x, device)).float().cpu())
     model.train(was_training)
     logits = torch.cat(chunks) if chunks else torch.empty(0, 0)

@@ -1,9 +1,12 @@
-"""Ray Tune function trainables: thin wrappers over :mod:`tune_linfair.stages`.
+"""Ray Tune function trainables: thin wrappers over :mod:`tune_linfair.stages`, one per phase.
 
 A trainable is a plain function of its config that reports with ``ray.tune.report`` (never
-``ray.train.*`` inside Tune functions: it raises in Ray 2.60). :func:`search_trial` runs
-linearize (cached) -> fine-tune -> evaluate, reports progress every fine-tuning epoch and
-the objectives at the end, and writes the trial's Parquet rows. A failure (an exception, a
+``ray.train.*`` inside Tune functions: it raises in Ray 2.60). :func:`base_trial` and
+:func:`linearize_trial` build one cached artifact each, :func:`diagnose_trial` adds the full
+diagnostics to one fine-tuned trial, each leaving a ``stages`` row. :func:`search_trial`
+runs linearize (cached) -> fine-tune -> evaluate, reports progress during fine-tuning and
+the objectives at the end, and writes the trial's Parquet rows. Every trainable runs on the
+device Ray gave it (:func:`trial_device`), never one it picks itself. A failure (an exception, a
 NaN or infinite loss or objective) writes a ``failed`` row with the reason, then raises, so
 Tune marks the trial errored and Optuna records FAIL (a NaN objective reported instead
 would leave the Optuna trial RUNNING).
@@ -11,19 +14,24 @@ would leave the Optuna trial RUNNING).
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from tune_linfair import results
+from tune_linfair.cache import Artifact
 from tune_linfair.config import ExperimentConfig
 from tune_linfair.spaces import parse_space
-from tune_linfair.stages import run_base, run_trial
+from tune_linfair.stages import run_base, run_diagnose, run_linearize, run_trial
 from tune_linfair.trial import OBJECTIVES, TrialParams, accuracy_drop_points, fraction, trial_row
 
 
@@ -40,6 +48,22 @@ class SweepContext:
 
     def experiment(self) -> ExperimentConfig:
         return parse_space(self.space_raw).experiment
+
+
+def trial_device() -> torch.device:
+    """The device Ray gave this trial: its GPU when it was given one (Ray sets
+    ``CUDA_VISIBLE_DEVICES`` to it, so it is ``cuda:0`` here; trials given fractions of one
+    GPU share it) and torch sees CUDA, else the CPU. A trial with ``--gpus-per-trial 0`` on
+    a GPU node gets ``CUDA_VISIBLE_DEVICES=""`` from Ray, hence the CPU. Called outside Ray
+    (a trainable run as a plain function), the CPU."""
+    if ray.is_initialized() and ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def node_id() -> str | None:
+    """The Ray node this trial runs on (None outside Ray)."""
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def trial_values(config: dict) -> dict:
@@ -85,6 +109,7 @@ def _epoch_reporter(exp: ExperimentConfig, params: TrialParams, context: SweepCo
             return
         last[0] = time.monotonic()
         if not base_acc:
+            # built before the fine-tuning started: this reads its meta, computes nothing
             base, _ = run_base(exp, params.seed, context.cache_dir)
             base_acc.extend(base.meta["group_accuracy"]["val"])
         drops = [
@@ -123,6 +148,7 @@ def search_trial(config: dict, context: SweepContext) -> None:
         raise TrialFailed(f"trial {trial_id} failed before the resume: {done.get('error')}")
     exp = context.experiment()
     params = TrialParams.from_config(trial_values(config), exp)
+    device = trial_device()
     try:
         outcome = run_trial(
             exp,
@@ -131,9 +157,10 @@ def search_trial(config: dict, context: SweepContext) -> None:
             trial_dir(run_dir, trial_id),
             run_id=context.run_id,
             trial_id=trial_id,
+            device=device,
             on_epoch_end=_epoch_reporter(exp, params, context),
         )
-        row = outcome.trial_row
+        row = {**outcome.trial_row, "node_id": node_id()}
         bad = [o.name for o in OBJECTIVES if not math.isfinite(float(row[o.name]))]
         if bad:
             raise FloatingPointError(f"objective {bad[0]} is {row[bad[0]]}")
@@ -147,6 +174,8 @@ def search_trial(config: dict, context: SweepContext) -> None:
             params=params,
             wall_time_s=time.time() - start,
             error=f"{type(err).__name__}: {err}",
+            node_id=node_id(),
+            device=str(device),
         )
         try:
             results.write_trial(run_dir, failed, [], [])
@@ -172,3 +201,127 @@ def _objectives(row: dict, context: SweepContext) -> dict[str, Any]:
         drop = accuracy_drop_points(row["base_val_accuracy"], row["val_accuracy"])
         out["constraint_accuracy_drop"] = drop - context.max_accuracy_drop
     return out
+
+
+# -- the phases before and after the search -----------------------------------------------
+def _phase_run(
+    context: SweepContext,
+    phase: str,
+    run_id: str,
+    fields: dict[str, Any],
+    build: Callable[[torch.device], tuple[str, bool, float]],
+) -> None:
+    """Run ``build(device)`` -> ``(key, computed, lock_wait_s)`` on the trial's device and
+    write its ``stages`` row (``fields``: stage, seed, method, ...); a failure writes a
+    failed row and raises, so Tune marks the run errored."""
+    torch.set_num_threads(max(1, int(context.cpus_per_trial)))
+    start, device = time.time(), trial_device()
+    row = {
+        "run_id": context.run_id,
+        "trial_id": run_id,
+        "phase": phase,
+        "seed": None,
+        "method": None,
+        "budget": None,
+        "mask_mitigation": None,
+        **fields,
+        "node_id": node_id(),
+        "device": str(device),
+    }
+    try:
+        key, computed, waited = build(device)
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+        results.write_stage(
+            context.run_dir,
+            {
+                **row,
+                "key": None,
+                "computed": None,
+                "wall_time_s": time.time() - start,
+                "lock_wait_s": None,
+                "status": "failed",
+                "error": error[:2000],
+                "finished_at": datetime.datetime.now(datetime.UTC),
+            },
+        )
+        raise TrialFailed(f"{phase} run {run_id} failed: {error}") from err
+    wall = time.time() - start
+    results.write_stage(
+        context.run_dir,
+        {
+            **row,
+            "key": key,
+            "computed": computed,
+            "wall_time_s": wall,
+            "lock_wait_s": waited,
+            "status": "ok",
+            "error": None,
+            "finished_at": datetime.datetime.now(datetime.UTC),
+        },
+    )
+    tune.report({"computed": computed, "wall_time_s": wall})
+
+
+def _built(artifact: Artifact, computed: bool) -> tuple[str, bool, float]:
+    return artifact.key, computed, artifact.lock_wait_s
+
+
+def base_trial(config: dict, context: SweepContext) -> None:
+    """The base phase: train (or find cached) the all-ReLU model of ``config["seed"]``."""
+    seed = int(config["job"]["seed"])
+    exp = context.experiment()
+    _phase_run(
+        context,
+        "base",
+        f"base-s{seed}",
+        {"stage": "base", "seed": seed},
+        lambda device: _built(*run_base(exp, seed, context.cache_dir, device=device)),
+    )
+
+
+def linearize_trial(config: dict, context: SweepContext) -> None:
+    """The linearize phase: build (or find cached) one linearized model, ``config["job"]``
+    holding a :class:`tune_linfair.jobs.LinearizeJob`'s fields."""
+    job = config["job"]
+    exp = context.experiment()
+    settings = dataclasses.replace(exp.linearize, mask_mitigation=job["mask_mitigation"])
+
+    def build(device: torch.device) -> tuple[str, bool, float]:
+        base, _ = run_base(exp, job["seed"], context.cache_dir, device=device)
+        lin, computed = run_linearize(
+            exp,
+            base,
+            job["method"],
+            job["budget"],
+            job["seed"],
+            context.cache_dir,
+            settings=settings,
+            device=device,
+        )
+        return lin.key, computed, base.lock_wait_s + lin.lock_wait_s
+
+    fields = {k: job[k] for k in ("seed", "method", "budget", "mask_mitigation")}
+    _phase_run(context, "linearize", f"lin-{job['name']}", {"stage": "linearized", **fields}, build)
+
+
+def diagnose_trial(config: dict, context: SweepContext) -> None:
+    """The diagnose phase: the full per-group diagnostics of one fine-tuned trial (from its
+    checkpoint), which replace the cheap groups and samples rows its search trial wrote."""
+    trial_id = config["job"]["trial_id"]
+    row = results.read_trial_row(context.run_dir, trial_id)
+    if row is None or row.get("status") != "ok":
+        raise TrialFailed(f"diagnose: trial {trial_id} has no ok row in {context.run_dir}")
+    exp = context.experiment()
+
+    def build(device: torch.device) -> tuple[str, bool, float]:
+        ids = {"run_id": row["run_id"], "trial_id": trial_id}
+        groups, samples = run_diagnose(
+            exp, row["checkpoint_path"], context.cache_dir, ids, device=device
+        )
+        results.write_trial(context.run_dir, row, groups, samples)
+        return trial_id, True, 0.0
+
+    fields = {"stage": "diagnosed", **{k: row[k] for k in ("seed", "method", "budget")}}
+    fields["mask_mitigation"] = row["mask_mitigation"]
+    _phase_run(context, "diagnose", f"diag-{trial_id}", fields, build)

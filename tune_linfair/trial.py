@@ -258,6 +258,10 @@ MEASURED: tuple[str, ...] = (
     "relu_count",
     "relu_total",
     "relu_fraction",
+    "reached_budget",
+    "threshold_count",
+    "lin_steps",
+    "lin_epochs",
     "val_accuracy",
     "test_accuracy",
     "val_worst_group_drop",
@@ -288,9 +292,13 @@ def trial_row(
     wall_time_s: float,
     measured: Mapping[str, Any] | None = None,
     error: str | None = None,
+    lock_wait_s: float | None = None,
+    node_id: str | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """The ``trials`` row of one trial: ok with every :data:`MEASURED` value, or failed
-    (``measured`` None) with its ``error``. Parameters that do not apply are null."""
+    (``measured`` None) with its ``error``. Parameters that do not apply are null.
+    ``lock_wait_s``, ``node_id`` and ``device`` say where and how it ran (null if unknown)."""
     if (measured is None) == (error is None):
         raise ValueError("give measured values (ok trial) or an error (failed trial)")
     if measured is not None and set(measured) != set(MEASURED):
@@ -319,6 +327,9 @@ def trial_row(
     row.update({k: None if measured is None else measured[k] for k in MEASURED})
     row.update(
         wall_time_s=wall_time_s,
+        lock_wait_s=lock_wait_s,
+        node_id=node_id,
+        device=device,
         status="ok" if error is None else "failed",
         error=None if error is None else error[:2000],
         config_json=json.dumps({"params": params.as_dict(), "experiment": to_dict(exp)}),

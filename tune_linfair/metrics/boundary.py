@@ -18,6 +18,7 @@ from torch import nn
 
 from tune_linfair.data.base import Split
 from tune_linfair.errors import UserError
+from tune_linfair.numerics import float32
 from tune_linfair.train import iterate_batches, model_device
 
 
@@ -41,7 +42,8 @@ def geometric_distance(model: nn.Module, split: Split, *, batch_size: int = 256)
     The model runs in eval mode (restored after), so samples are independent and the input
     gradient of the batch *sum* of logit gaps is each sample's own gradient: one backward
     pass per batch. A sample exactly on the boundary (``z_1 = z_2``) gets 0; a positive gap
-    with a zero input gradient gets ``inf``. Weights get no ``.grad``.
+    with a zero input gradient gets ``inf``. Weights get no ``.grad``. Computed in float32
+    (:func:`~tune_linfair.numerics.float32`), even inside a caller's autocast.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
@@ -50,7 +52,7 @@ def geometric_distance(model: nn.Module, split: Split, *, batch_size: int = 256)
     model.eval()
     out: list[torch.Tensor] = []
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), float32():
             for batch in iterate_batches(split, batch_size):
                 x = batch.x.to(device).detach().requires_grad_(True)
                 z = model(x)

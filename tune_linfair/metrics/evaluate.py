@@ -27,6 +27,7 @@ from tune_linfair.metrics.boundary import geometric_distance, softmax_margin
 from tune_linfair.metrics.gradients import group_gradient_norms
 from tune_linfair.metrics.groups import GroupMetrics
 from tune_linfair.metrics.hessian import group_hessian_top_eigenvalues
+from tune_linfair.numerics import float32
 from tune_linfair.train import evaluate
 
 GROUP_ROW_KEYS: tuple[str, ...] = (
@@ -89,6 +90,7 @@ def _group_means(values: np.ndarray, groups: np.ndarray, num_groups: int) -> lis
     return [float(s / k) if k else math.nan for s, k in zip(sums, n)]
 
 
+@float32()
 def diagnose(
     model: nn.Module,
     split: Split,
@@ -111,7 +113,8 @@ def diagnose(
     ``gradients`` (one forward/backward pass over the split), ``hessian`` (power iteration,
     at most ``hessian_max_samples`` samples per group, None for all) and ``boundary`` (the
     geometric distance, one input-gradient pass). The softmax margin comes free with the
-    logits and is always reported. What is not computed is NaN.
+    logits and is always reported. What is not computed is NaN. Everything is computed in
+    float32 (:func:`~tune_linfair.numerics.float32`), even inside a caller's autocast.
     """
     names = [str(name) for name in group_names]
     num_groups = len(names)

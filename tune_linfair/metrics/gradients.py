@@ -25,6 +25,7 @@ from torch import nn
 from tune_linfair.data.base import Split
 from tune_linfair.errors import UserError
 from tune_linfair.models.activation import weight_parameters
+from tune_linfair.numerics import float32
 from tune_linfair.train import iterate_batches, model_device
 
 
@@ -45,8 +46,10 @@ def check_groups(split: Split, num_groups: int, batch_size: int | None = None) -
 
 @contextmanager
 def diagnostic_mode(model: nn.Module) -> Iterator[list[nn.Parameter]]:
-    """Eval mode, autograd on, and every weight (masks excluded) requiring grad; yields the
-    weights. Restores the training flag and each weight's ``requires_grad`` on exit.
+    """Eval mode, autograd on, full float32 (:func:`~tune_linfair.numerics.float32`: no
+    autocast, even inside a caller's, no TF32), and every weight (masks excluded) requiring
+    grad; yields the weights. Restores the training flag, the precision settings and each
+    weight's ``requires_grad`` on exit.
 
     Weights frozen by the caller (a teacher, say) are differentiated too: the diagnostic is a
     property of ``theta``, not of what an optimizer currently updates. Nothing is written to
@@ -61,7 +64,7 @@ def diagnostic_mode(model: nn.Module) -> Iterator[list[nn.Parameter]]:
     try:
         for p in params:
             p.requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), float32():
             yield params
     finally:
         for p, flag in zip(params, flags):
@@ -89,7 +92,7 @@ def group_gradient_norms(
     The gradient of the *sum* of per-sample cross-entropies is accumulated over the group's
     batches and divided by ``n_a``, so the result is the true full-group gradient (paper
     Theorem 4.4, Fig. 3), not an average of batch-gradient norms and independent of
-    ``batch_size``. Computed in the model's dtype (no autocast).
+    ``batch_size``. Computed in float32 (:func:`diagnostic_mode`).
     """
     check_groups(split, num_groups, batch_size)
     device = model_device(model)
