@@ -107,8 +107,8 @@ DEVICE_QUERIES = ("torch.cuda.is_available", "torch.cuda.device_count", "torch.c
 )
 def test_only_the_orchestration_picks_a_device(path: Path) -> None:
     """Devices come from Ray: ``trainables.trial_device`` asks Ray which GPU a trial got and
-    ``search.validate_args`` counts a local machine's GPUs; nothing else looks for CUDA on
-    its own (a stage that did would take a GPU Ray gave to another trial)."""
+    ``search.validate_args`` counts a local machine's GPUs (and ``--plan`` is told by
+    ``search`` whether to measure one); nothing else looks for CUDA on its own (a stage that did would take a GPU Ray gave to another trial)."""
     if path.parent == PACKAGE and path.name in ("trainables.py", "search.py"):
         return
     calls = {

@@ -324,9 +324,10 @@ def format_plan(
     return "\n".join(lines)
 
 
-def print_plan(args: argparse.Namespace, space: SearchSpace) -> None:
+def print_plan(args: argparse.Namespace, space: SearchSpace, cuda: bool) -> None:
     """``--plan``: print what the sweep of ``args`` (resolved and validated by the sweep's
-    command line) would run and an estimate of its time; run nothing."""
+    command line) would run and an estimate of its time, measuring throughput on the CPU
+    and, with ``cuda``, on the GPU; run nothing."""
     if args.resume:
         raise UserError("--plan plans a new sweep; drop --resume")
     exp = space.experiment
@@ -349,7 +350,7 @@ def print_plan(args: argparse.Namespace, space: SearchSpace) -> None:
     if args.images_per_s:
         rates = [(name, rate, "given") for name, rate in args.images_per_s]
     else:
-        rates = calibrate(exp, shape, max(1, int(args.cpus_per_trial)))
+        rates = calibrate(exp, shape, max(1, int(args.cpus_per_trial)), cuda)
     header = [
         f"plan of space {space.name!r}, objective {args.objective}: nothing runs (no Ray, "
         "no training)",

@@ -280,7 +280,9 @@ def run_sweep(args: argparse.Namespace) -> Path | None:
     args, space, record = resolve(args)
     validate_args(args, space)
     if plan.requested(args):
-        plan.print_plan(args, space)
+        import torch
+
+        plan.print_plan(args, space, cuda=torch.cuda.is_available())
         return None
     unreachable = preflight(space, args.objective)
     space = with_effective_data_options(space)

@@ -36,7 +36,7 @@ the space's model (:func:`tune_linfair.train.train_one_epoch`, as every stage tr
 random inputs of the data set's shape, at the base batch size (on the CPU first at batch 16,
 and at the base batch size only when such a step takes at most half a second, to keep the
 measurement short), on every device torch sees (the CPU with ``--cpus-per-trial``
-threads, as a trial gets; CUDA when present).
+threads, as a trial gets; CUDA when the command line sees a GPU).
 
 Without the data set's files the split sizes come from the published sizes of the files
 (:data:`PUBLISHED`) through the loaders' own split functions, so ``--plan`` works before
@@ -298,10 +298,10 @@ def measure_images_per_s(
 
 
 def calibrate(
-    exp: ExperimentConfig, shape: DataShape, cpu_threads: int, seconds: float = 2.0
+    exp: ExperimentConfig, shape: DataShape, cpu_threads: int, cuda: bool, seconds: float = 2.0
 ) -> list[tuple[str, float, str]]:
-    """Measured ``(device, images/s, how)`` on the CPU (``cpu_threads`` threads) and on
-    CUDA when present."""
+    """Measured ``(device, images/s, how)`` on the CPU (``cpu_threads`` threads) and, with
+    ``cuda`` (the command line looks: devices are its to pick), on the current CUDA GPU."""
     batch = exp.base.batch_size
     rates = []
     threads = torch.get_num_threads()
@@ -319,7 +319,7 @@ def calibrate(
         rates.append(("cpu", rate, f"{how}, measured here in {time.perf_counter() - start:.1f} s"))
     finally:
         torch.set_num_threads(threads)
-    if torch.cuda.is_available():
+    if cuda:
         device = torch.device("cuda")
         start = time.perf_counter()
         rate = measure_images_per_s(exp, shape, device, batch, seconds)
