@@ -229,3 +229,14 @@ def test_unreachable_deepreduce_budgets_build_nothing(tmp_path: Path) -> None:
     assert rows["linearize deepreduce"].runs == 1  # 0.002 of 3,840 ReLUs: no configuration
     assert "budgets 0.002 unreachable" in rows["linearize deepreduce"].note
     assert rows["grid"].runs == 2
+
+
+def test_without_prebuild_a_search_asks_for_at_most_one_model_per_fine_tune(
+    tmp_path: Path,
+) -> None:
+    space = load_space("default", ["trials=1"])  # 1 configuration x 3 seeds
+    shape = workload.data_shape(space.experiment, 0)
+    for prebuild, runs, upto in ((True, 15, False), (False, 3, True)):
+        rows = plan.phase_rows(space, "pareto", 1, tmp_path, shape, prebuild=prebuild)
+        snl = {r.phase: r for r in rows}["linearize snl"]
+        assert (snl.runs, snl.upto) == (runs, upto)

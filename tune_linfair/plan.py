@@ -173,30 +173,13 @@ def phase_rows(
             resolve_budget(job.budget, total)  # a budget above the model's total: one line
         for method in sorted({j.method for j in jobs}):
             mine = [j for j in jobs if j.method == method]
-            have = sum(_linearized(exp, j, options, cache_dir) for j in mine)
-            per_run = linearize_passes(exp, shape, method, snl_epochs)
-            bound = method == "snl" and snl_epochs is None
-            note = ""
-            if method == "snl":
-                note = _snl_note(
-                    snl_epochs, cache_dir, {base_key(exp, j.seed, options) for j in mine}
-                )
-            unmet = _unreachable(model, mine) if method == "deepreduce" else []
-            if unmet:
-                note = (
-                    f"budgets {', '.join(map(str, unmet))} unreachable: their trials fail at once"
-                )
-                mine = [j for j in mine if j.budget not in unmet]
-                have = sum(_linearized(exp, j, options, cache_dir) for j in mine)
-            runs, upto = len(mine) - have, False
-            if not prebuild:
-                note = "inside the trials (--no-prebuild); " + note
-                upto = not grid and runs > 0
-                runs = runs if grid else min(runs, finetunes)
-            row = PhaseRow(
-                f"linearize {method}", runs, have, upto, per_run, bound, note.rstrip("; ")
+            rows.append(
+                _linearize_row(exp, shape, method, mine, model, cache_dir, snl_epochs, prebuild)
             )
-            rows.append(row)
+            if not grid and not prebuild:
+                last = rows[-1]
+                runs = min(last.runs, finetunes)
+                rows[-1] = dataclasses.replace(last, runs=runs, upto=runs > 0)
 
     if grid:
         note = f"{finetunes} grid points"
@@ -214,6 +197,34 @@ def phase_rows(
     }[diagnose]
     rows.append(PhaseRow("diagnose", runs, None, diagnose == "pareto", per_diag, hessian, note))
     return rows
+
+
+def _linearize_row(
+    exp: ExperimentConfig,
+    shape: DataShape,
+    method: str,
+    jobs: list[LinearizeJob],
+    model: torch.nn.Module,
+    cache_dir: str | Path,
+    snl_epochs: int | None,
+    prebuild: bool,
+) -> PhaseRow:
+    """The row of ``method``'s linearize ``jobs``: those the cache lacks, less DeepReDuce
+    budgets no configuration of ``model`` meets (their trials fail at once)."""
+    options = data_options(exp)
+    note = ""
+    if method == "snl":
+        note = _snl_note(snl_epochs, cache_dir, {base_key(exp, j.seed, options) for j in jobs})
+    unmet = _unreachable(model, jobs) if method == "deepreduce" else []
+    if unmet:
+        note = f"budgets {', '.join(map(str, unmet))} unreachable: their trials fail at once"
+        jobs = [j for j in jobs if j.budget not in unmet]
+    if not prebuild:
+        note = "; ".join(n for n in ("inside the trials (--no-prebuild)", note) if n)
+    have = sum(_linearized(exp, j, options, cache_dir) for j in jobs)
+    per_run = linearize_passes(exp, shape, method, snl_epochs)
+    bound = method == "snl" and snl_epochs is None
+    return PhaseRow(f"linearize {method}", len(jobs) - have, have, False, per_run, bound, note)
 
 
 def _linearized(exp: ExperimentConfig, job: LinearizeJob, options: dict, cache_dir) -> bool:
