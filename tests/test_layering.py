@@ -121,11 +121,13 @@ def test_only_the_orchestration_picks_a_device(path: Path) -> None:
     """Devices come from Ray: ``trainables.trial_device`` asks Ray which GPU a trial got and
     passes the device down; nothing else names a CUDA device or asks whether CUDA is there
     to decide where to run (a stage that did would take a GPU Ray gave another trial).
-    ``search.validate_args`` may count a local machine's GPUs, and the RNG state of
-    ``checkpointing`` may restore the CUDA generators it saved."""
+    ``search.validate_args`` may count a local machine's GPUs (and tells ``--plan``
+    whether to measure one: ``workload`` times that GPU in the driver, before
+    Ray starts), and the RNG state of ``checkpointing`` may restore the CUDA generators it
+    saved."""
     tree = ast.parse(path.read_text(), filename=str(path))
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
-    if not (path.parent == PACKAGE and path.name == "trainables.py"):
+    if not (path.parent == PACKAGE and path.name in ("trainables.py", "workload.py")):
         assert not any(map(_names_a_cuda_device, calls)), f"{path.relative_to(ROOT)} names a GPU"
     if path.parent == PACKAGE and path.name in ("trainables.py", "search.py", "checkpointing.py"):
         return

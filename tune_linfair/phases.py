@@ -24,12 +24,11 @@ from typing import Any
 from ray import tune
 
 from tune_linfair import results
-from tune_linfair.cache import artifact_dir, base_key, linearized_key, read_meta
 from tune_linfair.errors import UserError
-from tune_linfair.jobs import LinearizeJob, base_seeds, diagnose_targets, linearize_jobs
+from tune_linfair.jobs import base_seeds, diagnose_targets, linearize_jobs
 from tune_linfair.rundir import RunDir
 from tune_linfair.spaces import SearchSpace
-from tune_linfair.stages import data_options
+from tune_linfair.stages import in_cache
 from tune_linfair.trainables import (
     SweepContext,
     base_trial,
@@ -203,22 +202,6 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
     return searcher
 
 
-def _base_cached(space: SearchSpace, cache_dir: Path, seed: int) -> bool:
-    exp = space.experiment
-    return (
-        read_meta(artifact_dir(cache_dir, "base", base_key(exp, seed, data_options(exp))))
-        is not None
-    )
-
-
-def _linearized_cached(space: SearchSpace, cache_dir: Path, job: LinearizeJob) -> bool:
-    exp = space.experiment
-    settings = dataclasses.replace(exp.linearize, mask_mitigation=job.mask_mitigation)
-    base = base_key(exp, job.seed, data_options(exp))
-    key = linearized_key(base, settings, job.method, job.budget, job.seed)
-    return read_meta(artifact_dir(cache_dir, "linearized", key)) is not None
-
-
 def prebuild(
     runner: PhaseRunner,
     space: SearchSpace,
@@ -230,7 +213,7 @@ def prebuild(
     ``unreachable`` are left to fail in their trials). Prints one line per phase."""
     cache = runner.run.cache
     seeds = base_seeds(space, objective) or []
-    todo = [s for s in seeds if not _base_cached(space, cache, s)]
+    todo = [s for s in seeds if not in_cache(space.experiment, cache, s)]
     _announce("base", len(seeds), len(todo))
     failed = runner.run_phase("base", base_trial, [{"seed": s} for s in todo])
     if runner.interrupted():
@@ -240,7 +223,7 @@ def prebuild(
         print("phase linearize: budgets are a range; models are built by the trials", flush=True)
         return
     jobs = [j for j in jobs if (j.method, j.budget) not in unreachable]
-    todo_lin = [j for j in jobs if not _linearized_cached(space, cache, j)]
+    todo_lin = [j for j in jobs if not in_cache(space.experiment, cache, j.seed, j)]
     _announce("linearize", len(jobs), len(todo_lin))
     payload = [{**dataclasses.asdict(j), "name": j.name} for j in todo_lin]
     failed += runner.run_phase("linearize", linearize_trial, payload)

@@ -30,7 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from tune_linfair import retries, rundir
+from tune_linfair import plan, retries, rundir
 from tune_linfair.cli import run_program
 from tune_linfair.errors import UserError
 from tune_linfair.interrupt import InterruptWatch, SweepInterrupted
@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Optuna constraint: validation accuracy at most this many points below the base",
     )
     retries.add_options(p)
+    plan.add_arguments(p)
     return p
 
 
@@ -275,11 +276,16 @@ def check_resources(ray, cpus: float, gpus: float) -> None:
         )
 
 
-def run_sweep(args: argparse.Namespace) -> Path:
-    """Validate everything, start Ray, run (or resume) the sweep, summarize. Returns RUN."""
+def run_sweep(args: argparse.Namespace) -> Path | None:
+    """Validate, start Ray, run (or resume) the sweep, summarize; return RUN (--plan: None)."""
     args, space, record = resolve(args)
     args = retries.settle(args, record.args if record else None)
     validate_args(args, space)
+    if plan.requested(args):
+        import torch
+
+        plan.print_plan(args, space, cuda=torch.cuda.is_available())
+        return None
     unreachable = preflight(space, args.objective)
     space = with_effective_data_options(space)
     run = rundir.locate(args.storage_path, args.run_dir, space.name, args.objective, record)

@@ -13,6 +13,7 @@ returns the rows of the Parquet tables (:mod:`tune_linfair.results`), in the tab
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import time
@@ -23,11 +24,12 @@ from typing import Any
 
 import torch
 
-from tune_linfair.cache import Artifact, base_key, cached, linearized_key
+from tune_linfair.cache import Artifact, artifact_dir, base_key, cached, linearized_key, read_meta
 from tune_linfair.checkpointing import Checkpointer, for_stage
 from tune_linfair.config import ExperimentConfig, LinearizeSettings, to_dict
 from tune_linfair.data import GroupedDataset, dataset_options, get_dataset
 from tune_linfair.finetune import finetune
+from tune_linfair.jobs import LinearizeJob
 from tune_linfair.linearize import linearize
 from tune_linfair.metrics import diagnose, pi_cost, weight_distance
 from tune_linfair.metrics.cost import cost_model_for
@@ -118,6 +120,28 @@ def _diagnostics(
     return out
 
 
+# -- the cache's keys ----------------------------------------------------------------------
+def artifact_key(
+    exp: ExperimentConfig, seed: int, job: LinearizeJob | None = None
+) -> tuple[str, str]:
+    """``(kind, key)`` of the base model of ``seed``, or of ``job``'s linearized model: the
+    keys :func:`run_base` and :func:`run_linearize` use (a trial's linearization settings are
+    the space's with its mask mitigation)."""
+    base = base_key(exp, seed, data_options(exp))
+    if job is None:
+        return "base", base
+    settings = dataclasses.replace(exp.linearize, mask_mitigation=job.mask_mitigation)
+    return "linearized", linearized_key(base, settings, job.method, job.budget, job.seed)
+
+
+def in_cache(
+    exp: ExperimentConfig, cache_dir: str | Path, seed: int, job: LinearizeJob | None = None
+) -> bool:
+    """Whether ``cache_dir`` holds the complete artifact :func:`artifact_key` names."""
+    kind, key = artifact_key(exp, seed, job)
+    return read_meta(artifact_dir(cache_dir, kind, key)) is not None
+
+
 # -- stages -------------------------------------------------------------------------------
 def run_base(
     exp: ExperimentConfig,
@@ -138,7 +162,7 @@ def run_base(
     Returns ``(artifact, computed)``.
     """
     device = torch.device(device)
-    key = base_key(exp, seed, data_options(exp))
+    _, key = artifact_key(exp, seed)
 
     def compute(path: Path) -> dict:
         start = time.time()
