@@ -36,6 +36,7 @@ TORCH_FREE = [
     "tune_linfair.aggregate",
     "tune_linfair.summary",
     "tune_linfair.interrupt",
+    "tune_linfair.lost",
     "tune_linfair.metrics.groups",
 ]
 
