@@ -19,6 +19,7 @@ the module (``--address``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from sweep_helpers import ENV, NO_HESSIAN, TINY
 from test_search import (
@@ -105,6 +107,32 @@ def test_trial_killed_before_its_row_counts_as_failed(ray_address: str, tmp_path
     assert "incomplete: 1 trial(s) died before writing their results (grid00000)" in out
     configs = aggregate.load_configs(run).set_index("mitigation")
     assert configs.loc["none", "status"] == "failed" and configs.loc["lagrangian", "pareto"]
+
+
+def test_lost_rows_from_tune_trials(tmp_path: Path) -> None:
+    """The driver's side, on plain data: a row only for the trials without one, with the
+    parameters when the config is a valid trial and the ids alone when it is not."""
+    from tune_linfair.spaces import load_space
+
+    space = load_space("default")
+    point = {"method": "snl", "budget": 0.5, "mitigation": "none", "lr": 0.01, "seed": 0}
+    tune_trials = [
+        lost.TuneTrial("a1", {"point": {**point, "point_index": 0}}, "RayActorError: died"),
+        lost.TuneTrial("a2", {"method": "bogus"}, None),
+        lost.TuneTrial("a3", {"point": {**point, "point_index": 2}}, "RayActorError: x"),
+    ]
+    kept = dict.fromkeys(results.TRIALS_COLUMNS)
+    kept.update(run_id="r", trial_id="grid00002", status="ok")
+    results.write_trial(tmp_path, kept, [], [])
+    assert lost.write_lost_rows(tmp_path, tune_trials, space.raw, "r") == ["grid00000", "a2"]
+    rows = results.load_trials(tmp_path).set_index("trial_id")
+    assert rows.loc["grid00000", "error"] == "lost: RayActorError: died"
+    assert rows.loc["grid00000", "budget"] == 0.5 and rows.loc["grid00000", "status"] == "failed"
+    assert rows.loc["a2", "error"] == "lost: the trial ended without writing its row"
+    assert pd.isna(rows.loc["a2", "method"]) and rows.loc["grid00002", "status"] == "ok"
+    assert lost.lost_trial_ids(rows.reset_index()) == ["a2", "grid00000"]
+    with pytest.raises(lost.SweepIncomplete, match=r"2 trial\(s\) died .*\(a2, grid00000\)"):
+        lost.check_complete(tmp_path)
 
 
 # -- constrained and single-objective searches --------------------------------------------
@@ -241,6 +269,18 @@ def sigkill_when(proc: subprocess.Popen, ready) -> int:
         proc.wait()
 
 
+def told(run: Path) -> int:
+    """Optuna trials told COMPLETE so far: ``RUN/optuna.journal`` holds one JSON operation a
+    line (op code 6 sets a trial's state; state 1 is COMPLETE)."""
+    path = run / "optuna.journal"
+    count = 0
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(ValueError):  # a line being written
+            op = json.loads(line)
+            count += op.get("op_code") == 6 and op.get("state") == 1
+    return count
+
+
 def ctrl_c_twice_when(proc: subprocess.Popen, ready) -> tuple[int, float]:
     """Two SIGINTs 0.2 s apart once ``ready()`` holds; returns (exit code, seconds from the
     second SIGINT to the exit)."""
@@ -280,7 +320,9 @@ def stopped_pareto(tmp_path_factory, ray_address: str) -> dict:
     )
     state: dict = {"run": run}
     state["base_training"] = sigkill_when(start(first, root / "1.txt"), base_training), rows()
-    state["between_trials"] = sigkill_when(start(resume, root / "2.txt"), lambda: rows() >= 1)
+    # right after Optuna was told the first result, before Tune's next state save (at most
+    # 1 s later): the restored searcher does not know it was told
+    state["between_trials"] = sigkill_when(start(resume, root / "2.txt"), lambda: told(run) >= 1)
     state["between_trials"] = state["between_trials"], rows()
     state["ctrl_c_twice"] = ctrl_c_twice_when(start(resume, root / "3.txt"), lambda: rows() >= 2)
     state["ctrl_c_out"] = (root / "3.txt").read_text()
@@ -292,6 +334,7 @@ def stopped_pareto(tmp_path_factory, ray_address: str) -> dict:
     rc, out = run_sweep(resume, root / "5.txt")
     assert rc == 0, out[-3000:]
     state["out"] = out
+    state["logs"] = {p.name: p.read_text() for p in sorted(root.glob("*.txt"))}
     return state
 
 
@@ -308,6 +351,8 @@ def test_pareto_sweep_killed_anywhere_resumes_exactly(stopped_pareto: dict) -> N
     assert (trials["status"] == "ok").all()
     assert_optuna_matches(run, trials)  # nothing RUNNING; every row told COMPLETE
     assert "3 trials (3 ok, 0 failed)" in stopped_pareto["out"]
+    for name, log in stopped_pareto["logs"].items():  # no trial errored on a resume
+        assert "Traceback" not in log and " errored " not in log, (name, log[-3000:])
     assert "Pareto plot:" in stopped_pareto["out"]
 
 

@@ -320,6 +320,14 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
                 return
             group, mean, members = done
             ot_trial = self._ot_trials.get(group)
+            if (
+                ot_trial is not None
+                and ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
+            ):
+                # told just before the driver was killed, after Tune's last state save: the
+                # restored searcher reran the trial (which reported its row again)
+                self._ot_trials.pop(group)
+                return
             if ot_trial is not None:
                 ot_trial.set_user_attr("tune_trial_ids", members)
                 for key, value in (mean or {}).items():
