@@ -407,11 +407,14 @@ def test_dashboard_loopback_token_and_url(host: str | None, tmp_path: Path) -> N
     args += ["--set", "finetune.epochs=500", "--storage-path", str(tmp_path / "runs")]
     args += ["--dashboard-host", host] if host else []
     held = socket.socket()
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Ray's check: TIME_WAIT is free
     log = tmp_path / "log.txt"
     try:
-        with contextlib.suppress(OSError):  # taken already: as good for this test
+        try:
             held.bind(("127.0.0.1", 8265))
             held.listen()
+        except OSError:  # someone listens there already: as good for this test
+            assert {"127.0.0.1", "0.0.0.0"} & listeners(8265), "8265 neither free nor in use"
         with open(log, "w") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tune_linfair.search", *args],
