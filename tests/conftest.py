@@ -28,3 +28,17 @@ def fig2():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# -- one Ray instance for the sweeps that need no fresh one -------------------------------
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray instance shared by a test module's sweeps (``--address``): ``ray.init``
+    costs 3-10 s on a 2-core box. Sweeps whose driver is killed start their own."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -29,6 +29,7 @@ from tune_linfair.models.checkpoint import load_model
 
 GPUS_ABSENT = str(torch.cuda.device_count() + 1)  # more GPUs than this machine has
 SUBPROCESS_TIMEOUT_S = 60  # an unreachable --address must be refused well within this
+NO_CLUSTER = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
 
 class Case(NamedTuple):
@@ -95,6 +96,12 @@ CASES = [
         "unreachable-address",
         ["--address", "127.0.0.1:1"],
         ["cannot reach a Ray cluster", "'127.0.0.1:1'"],
+        True,
+    ),
+    Case(
+        "auto-address-no-cluster",  # RAY_TMPDIR: this test's folder, where no `ray start` ran
+        ["--address", "auto"],
+        ["--address auto", "ray start", "RAY_ADDRESS"],
         True,
     ),
     Case(
@@ -172,7 +179,7 @@ def test_bad_input_is_refused_with_one_line(case: Case, tmp_path: Path, monkeypa
         proc = subprocess.run(
             [sys.executable, "-m", "tune_linfair.search", *argv],
             cwd=tmp,  # a default relative path (runs/) would show in the snapshot
-            env={**os.environ, "PYTHONWARNINGS": "default"},
+            env={**NO_CLUSTER, "RAY_TMPDIR": str(tmp), "PYTHONWARNINGS": "default"},
             capture_output=True,
             text=True,
             timeout=SUBPROCESS_TIMEOUT_S,

@@ -39,6 +39,7 @@ TORCH_FREE = [
     "tune_linfair.interrupt",
     "tune_linfair.plotdata",
     "tune_linfair.retries",
+    "tune_linfair.lost",
     "tune_linfair.metrics.groups",
 ]
 

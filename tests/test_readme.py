@@ -27,3 +27,17 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = _quickstart_commands()[1].split("&&")[-1].strip()
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command in ci.splitlines()
+
+
+def test_reliability_table_names_tests_that_exist() -> None:
+    """Every test the README's "Reliability" table names is defined under tests/ (names
+    with a parametrization keep the test's name: ``test_x[a]``, or ``[a]`` after it)."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Reliability", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(test_\w+)(?:\[[^\]`]*\])?`", section))
+    defined = {
+        m
+        for path in (ROOT / "tests").glob("test_*.py")
+        for m in re.findall(r"^def (test_\w+)\(", path.read_text(), re.M)
+    }
+    assert len(named) >= 15 and named <= defined, sorted(named - defined)

@@ -151,6 +151,8 @@ def make_trial(
         "test_parity_gap": 0.1,
         "base_val_accuracy": 0.9,
         "base_test_accuracy": 0.9,
+        "max_accuracy_drop": None,
+        "feasible": None,
         "weight_distance": 2.0 * lost + 0.1 * seed,
         "est_online_latency_s": relu * 21.8e-6,
         "est_online_comm_mb": relu * 1184 / 1e6,
@@ -273,6 +275,48 @@ def test_read_trial_row_and_plot(run_dir: Path, tmp_path: Path) -> None:
         assert points(series[method]["x"], series[method]["y"]) == pytest.approx(means(rows))
     front = points(series["Pareto"]["x"], series["Pareto"]["y"])
     assert front == pytest.approx(means(ok[ok["pareto"]])) and 0 < len(front) < len(ok)
+
+
+def test_infeasible_rows_are_marked_and_never_pareto(tmp_path: Path) -> None:
+    """--max-accuracy-drop: a trial is feasible when its validation accuracy is within the
+    bound of its base model's; a configuration when its mean over seeds is (what Optuna is
+    told). Infeasible ones are never pareto, in the trials and the configs table."""
+    from tune_linfair.aggregate import load_configs, write_configs
+    from tune_linfair.trial import accuracy_drop_points, constraint_columns
+
+    rows = [
+        make_trial(
+            "r",
+            f"t{budget}-{seed}",
+            method="snl",
+            budget=budget,
+            mitigation="none",
+            seed=seed,
+            minute=seed,
+        )[0]  # fmt: skip
+        for budget in (0.9, 0.1)
+        for seed in (0, 1)
+    ]
+    drops = [accuracy_drop_points(r["base_val_accuracy"], r["val_accuracy"]) for r in rows]
+    bound = (max(drops[:2]) + min(drops[2:])) / 2  # the 0.9 budget within, 0.1 outside
+    for row in rows:
+        row.update(constraint_columns(row, bound))
+        write_trial(tmp_path, row, [], [])
+    trials = load_trials(tmp_path).set_index("trial_id")
+    assert trials["max_accuracy_drop"].tolist() == [bound] * 4
+    feasible = trials.loc[[r["trial_id"] for r in rows], "feasible"].tolist()
+    assert feasible == [d <= bound for d in drops] == [True, True, False, False]
+    assert not trials.loc[~trials["feasible"], "pareto"].any() and trials["pareto"].any()
+    configs = write_configs(tmp_path, load_trials(tmp_path)).set_index("budget")
+    assert configs.loc[0.9, "feasible"] and not configs.loc[0.1, "feasible"]
+    assert configs.loc[[0.9, 0.1], "pareto"].tolist() == [True, False]  # 0.1: fewer ReLUs
+    assert load_configs(tmp_path).set_index("budget").loc[[0.9, 0.1], "pareto"].tolist() == [
+        True,
+        False,
+    ]
+    unconstrained = constraint_columns(rows[0], None)
+    assert unconstrained == {"max_accuracy_drop": None, "feasible": None}
+    assert constraint_columns({**rows[0], "status": "failed"}, bound)["feasible"] is None
 
 
 def test_rewrite_replaces_without_duplicates(tmp_path: Path) -> None:

@@ -168,20 +168,6 @@ def assert_optuna_matches(run: Path, trials: pd.DataFrame) -> None:
     assert all(t.state == TrialState.FAIL for t in by_tune_id.values())
 
 
-# -- one Ray instance for the sweeps that need no fresh one -------------------------------
-@pytest.fixture(scope="module")
-def ray_address():
-    """A local Ray instance shared by this module's sweeps (``--address``): ``ray.init``
-    costs 3-10 s on a 2-core box. Sweeps whose driver is killed start their own."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-
-
 # -- end to end ---------------------------------------------------------------------------
 @pytest.mark.ray
 @pytest.mark.timeout(600)

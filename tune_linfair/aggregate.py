@@ -13,7 +13,8 @@ seed; :func:`configs_table` aggregates them into one row per configuration:
 - for each of :data:`METRICS`: mean, standard deviation (ddof 1) and a 95% interval,
   ``mean -/+ t_{0.975, n-1} * std / sqrt(n)`` (Student t over seeds; NaN with one seed);
 - ``pareto``: non-dominated among the ok configurations on the *means* of the search
-  objectives (:data:`tune_linfair.trial.OBJECTIVES`).
+  objectives (:data:`tune_linfair.trial.OBJECTIVES`); with ``--max-accuracy-drop``, among
+  the ``feasible`` ones only.
 
 Statistics over seeds treat seeds as the independent replicates: trials of one seed share a
 base model and a split, so they are never pooled as if independent.
@@ -82,6 +83,14 @@ def _configs_schema() -> pa.Schema:
         ),
         ("seeds", s, "the ok seeds, JSON list"),
         ("trial_ids", s, "the per-seed trials rows, JSON list"),
+        ("max_accuracy_drop", f, "--max-accuracy-drop of the sweep, points (null: none)"),
+        (
+            "feasible",
+            pa.bool_(),
+            "mean validation accuracy over the ok seeds within max_accuracy_drop points of "
+            "the base model's (Optuna's constraint; null: unconstrained); infeasible "
+            "configurations are never pareto",
+        ),
     ]
     for metric in METRICS:
         for stat, doc in STATS:
@@ -137,6 +146,7 @@ def configs_table(trials: pd.DataFrame) -> pd.DataFrame:
             seeds=json.dumps(sorted(int(s) for s in ok["seed"])),
             trial_ids=json.dumps(sorted(str(t) for t in sub["trial_id"])),
         )
+        row.update(feasibility(sub, ok))
         for metric in METRICS:
             values = pd.to_numeric(ok[metric], errors="coerce").astype(float).to_numpy()
             for (stat, _), value in zip(STATS, t_interval(values)):
@@ -147,11 +157,35 @@ def configs_table(trials: pd.DataFrame) -> pd.DataFrame:
     return with_pareto(out)
 
 
+def feasibility(seeds: pd.DataFrame, ok: pd.DataFrame) -> dict:
+    """A configuration's ``max_accuracy_drop`` and ``feasible`` from its seeds' rows: the
+    constraint Optuna was told, on the mean over the ok seeds of the validation accuracy
+    lost against the base model (null when unconstrained or no seed is ok; a table written
+    before the column existed is unconstrained)."""
+    if "max_accuracy_drop" not in seeds:
+        return {"max_accuracy_drop": None, "feasible": None}
+    bound = pd.to_numeric(seeds["max_accuracy_drop"], errors="coerce").dropna()
+    if bound.empty:
+        return {"max_accuracy_drop": None, "feasible": None}
+    limit = float(bound.iloc[-1])
+    base = pd.to_numeric(ok["base_val_accuracy"], errors="coerce").astype(float)
+    val = pd.to_numeric(ok["val_accuracy"], errors="coerce").astype(float)
+    drop = 100.0 * float((base - val).mean()) if len(ok) else math.nan
+    return {"max_accuracy_drop": limit, "feasible": drop <= limit if math.isfinite(drop) else None}
+
+
+def feasible_mask(frame: pd.DataFrame) -> np.ndarray:
+    """False for the rows marked infeasible (``feasible`` False), True otherwise."""
+    if "feasible" not in frame:
+        return np.ones(len(frame), dtype=bool)
+    return frame["feasible"].astype("boolean").fillna(True).to_numpy(dtype=bool)
+
+
 def with_pareto(configs: pd.DataFrame) -> pd.DataFrame:
-    """``configs`` with a bool ``pareto`` column: non-dominated among the ok rows on the
-    means of the search objectives."""
+    """``configs`` with a bool ``pareto`` column: non-dominated among the ok, feasible rows
+    on the means of the search objectives."""
     out = configs.copy()
-    ok = (out["status"] == "ok").to_numpy(dtype=bool)
+    ok = (out["status"] == "ok").to_numpy(dtype=bool) & feasible_mask(out)
     cols = [f"{o.name}_mean" for o in OBJECTIVES]
     pts = out.loc[ok, cols].astype(float).to_numpy()
     flag = np.zeros(len(out), dtype=bool)

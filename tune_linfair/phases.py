@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune import ResultGrid
 
 from tune_linfair import results
 from tune_linfair.errors import UserError
@@ -88,7 +89,7 @@ def search(
     sampler_seed: int,
     constrained: bool,
     resume: bool,
-) -> None:
+) -> ResultGrid:
     """The search phase (``grid`` for ``--objective grid``): the fine-tune-and-evaluate trials
     (:func:`tune_linfair.trainables.search_trial`), ``trials`` configurations times the
     space's repeats suggested by Optuna, or the grid's points. Workers are reused across
@@ -106,8 +107,7 @@ def search(
         # fit (failing them first would refuse the reruns' results). Errored trials rerun
         # too: one with a failed row fails again at once (trainables.search_trial), one that
         # died before writing a row runs.
-        tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
-        return
+        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True).fit()
     run_config = tune.RunConfig(
         name=name,
         storage_path=str(runner.run.tune),
@@ -126,7 +126,7 @@ def search(
         searcher = make_searcher(space, objective, runner.run.path, sampler_seed, constrained)
         config.update(search_alg=searcher, num_samples=trials * space.repeats)
         param_space = {}
-    tune.Tuner(
+    return tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(**config),
@@ -171,6 +171,14 @@ def make_searcher(space: SearchSpace, objective: str, run_dir: Path, seed: int, 
                 return
             group, mean, members = done
             ot_trial = self._ot_trials.get(group)
+            if (
+                ot_trial is not None
+                and ot_trial.storage.get_trial(ot_trial._trial_id).state.is_finished()
+            ):
+                # told just before the driver was killed, after Tune's last state save: the
+                # restored searcher reran the trial (which reported its row again)
+                self._ot_trials.pop(group)
+                return
             if ot_trial is not None:
                 ot_trial.set_user_attr("tune_trial_ids", members)
                 for key, value in (mean or {}).items():

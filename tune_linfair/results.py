@@ -290,7 +290,8 @@ def load_table(run_dir: str | os.PathLike[str], table: str) -> pd.DataFrame:
 def load_trials(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """All trials rows, sorted by ``finished_at`` then ``trial_id``, plus a ``pareto`` column.
 
-    ``pareto`` is True for the rows with ``status == "ok"`` and finite objectives that no
+    ``pareto`` is True for the rows with ``status == "ok"``, not marked infeasible
+    (``feasible`` False: ``--max-accuracy-drop``) and finite objectives that no
     other such row dominates on (val_accuracy max, val_worst_group_drop min, relu_count
     min) (see :data:`tune_linfair.trial.OBJECTIVES` and :func:`tune_linfair.pareto.pareto_mask`).
     """
@@ -298,6 +299,7 @@ def load_trials(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     df = df.sort_values(["finished_at", "trial_id"], na_position="last", kind="stable")
     df = df.reset_index(drop=True)
     ok = (df["status"] == "ok").fillna(False).to_numpy(dtype=bool)
+    ok = ok & df["feasible"].fillna(True).to_numpy(dtype=bool)  # --max-accuracy-drop
     cols = [o.name for o in OBJECTIVES]
     pts = df.loc[ok, cols].astype("float64").to_numpy(na_value=np.nan)
     flag = np.zeros(len(df), dtype=bool)

@@ -89,6 +89,18 @@ TRIALS_SCHEMA: pa.Schema = _schema(
         ("test_parity_gap", _F, "max_a acc_a - min_a acc_a on test (fraction)"),
         ("base_val_accuracy", _F, "validation accuracy of the all-ReLU base model (fraction)"),
         ("base_test_accuracy", _F, "test accuracy of the all-ReLU base model (fraction)"),
+        (
+            "max_accuracy_drop",
+            _F,
+            "--max-accuracy-drop of the sweep: allowed validation accuracy loss against the "
+            "base model, percentage points (null: unconstrained)",
+        ),
+        (
+            "feasible",
+            _B,
+            "validation accuracy within max_accuracy_drop points of the base model's (null: "
+            "unconstrained or failed); infeasible trials are never pareto",
+        ),
         ("weight_distance", _F, "||theta_final - theta_base||_2 over shared weights"),
         ("est_online_latency_s", _F, "estimated online private-inference latency (s)"),
         ("est_online_comm_mb", _F, "estimated online communication (MB)"),

@@ -30,7 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from tune_linfair import plan, retries, rundir
+from tune_linfair import lost, plan, retries, rundir
 from tune_linfair.cli import run_program
 from tune_linfair.errors import UserError
 from tune_linfair.interrupt import InterruptWatch, SweepInterrupted
@@ -219,7 +219,7 @@ def start_ray(args: argparse.Namespace):
         kwargs["num_cpus"] = os.cpu_count()
     else:
         kwargs.pop("include_dashboard")
-        probe_address(args.address)
+        kwargs["address"] = probe_address(args.address)
         # One connection attempt of ~15 s instead of 20 retries of ~35 s each (Ray 2.60:
         # ray._private.node._init_gcs_client and the GCS client's cluster-id wait).
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "1")
@@ -231,6 +231,8 @@ def start_ray(args: argparse.Namespace):
         raise UserError(f"cannot start or reach Ray at {args.address!r}: {first}") from None
     url = getattr(context, "dashboard_url", None)
     if url:
+        if args.address == "local":
+            url = dashboard_url(url, args.dashboard_host)
         print(
             f"Ray dashboard: http://{url}  (token: `ray get-auth-token`; "
             "on a cluster: ssh -L 8265:127.0.0.1:8265 HEAD)",
@@ -239,14 +241,35 @@ def start_ray(args: argparse.Namespace):
     return ray
 
 
-def probe_address(address: str, timeout_s: float = 5.0) -> None:
-    """Refuse in seconds, with one line, a ``host:port`` ``--address`` where nothing listens
-    (ray.init would retry for minutes, printing warnings). ``auto`` and ``ray://`` are left
-    to Ray. The address is first rewritten as Ray does (127.0.0.1 -> this node's IP)."""
+def dashboard_url(reported: str, host: str) -> str:
+    """Where a local dashboard listens. Ray reports its node IP for any bind host but
+    localhost, also a specific one (127.0.0.2 is reported as the node IP, where nothing
+    answers); the port is the one it took (8266 when 8265 is busy)."""
+    if host in ("0.0.0.0", "::", "localhost"):
+        return reported
+    port = reported.rpartition(":")[2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def probe_address(address: str, timeout_s: float = 5.0) -> str:
+    """The cluster address to join, refused in seconds with one line where nothing listens
+    (ray.init would retry for minutes, printing warnings). ``auto`` is ``RAY_ADDRESS`` or
+    the cluster ``ray start`` started on this machine, never another Ray instance that
+    happens to run here (ray.init's fallback); ``ray://`` is left to Ray. The address is
+    first rewritten as Ray does (127.0.0.1 -> this node's IP)."""
     import socket
 
-    if address == "auto" or "://" in address:
-        return
+    if address == "auto":
+        from ray._private.services import find_bootstrap_address
+
+        address = os.environ.get("RAY_ADDRESS") or find_bootstrap_address(None) or ""
+        if not address:
+            raise UserError(
+                "--address auto: no Ray cluster was started with `ray start` on this machine "
+                "and RAY_ADDRESS is not set (start one, or use --address local)"
+            )
+    if "://" in address:
+        return address
     try:
         from ray._private.services import canonicalize_bootstrap_address
 
@@ -261,6 +284,7 @@ def probe_address(address: str, timeout_s: float = 5.0) -> None:
     except OSError as err:
         reason = err.strerror or str(err) or type(err).__name__
         raise UserError(f"cannot reach a Ray cluster at {address!r} ({target}): {reason}") from None
+    return address
 
 
 def check_resources(ray, cpus: float, gpus: float) -> None:
@@ -333,7 +357,7 @@ def run_sweep(args: argparse.Namespace) -> Path | None:
             if not args.no_prebuild:
                 phases.prebuild(runner, space, args.objective, unreachable)
             if not interrupt.seen:
-                phases.search(
+                grid = phases.search(
                     runner,
                     space,
                     args.objective,
@@ -346,6 +370,8 @@ def run_sweep(args: argparse.Namespace) -> Path | None:
                 orphans = rundir.fail_orphan_optuna_trials(run_dir)
                 if orphans:
                     print(f"marked {orphans} orphan Optuna trial(s) FAIL", flush=True)
+                # a trial whose worker died before it wrote its row gets a failed row here
+                lost.write_lost_rows(run_dir, lost.tune_trials(grid), space.raw, run.run_id)
                 phases.diagnose(runner, args.diagnose)
         if interrupt.seen:
             # Tune stopped with its state saved and reruns the unfinished trials on
@@ -354,6 +380,7 @@ def run_sweep(args: argparse.Namespace) -> Path | None:
     finally:
         ray.shutdown()
     summarize(run_dir)
+    lost.check_complete(run_dir)
     return run_dir
 
 
@@ -364,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except lost.SweepIncomplete as err:
+        print(f"incomplete: {err}", file=sys.stderr)
+        return lost.INCOMPLETE_EXIT
     except KeyboardInterrupt as err:
         run = getattr(err, "run_dir", None) or args.run_dir or "RUN"
         print(f"interrupted: continue with --resume --run-dir {run}", file=sys.stderr)

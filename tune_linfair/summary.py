@@ -78,7 +78,8 @@ def summarize(run_dir: Path) -> int:
         f"\n{len(trials)} trials ({len(ok)} ok, {failed} failed): {len(configs)} configurations"
         f" on seeds {seeds} in {run_dir}"
     )
-    if (configs["status"] == "ok").any():
+    print_infeasible(configs)
+    if configs["pareto"].any():
         print(
             "Pareto-optimal configurations: means over seeds ±95% interval, accuracy and\n"
             "worst-group relative drop in % (val accuracy max, val drop min, ReLUs min):"
@@ -125,6 +126,17 @@ def snl_budget_warning(trials: pd.DataFrame) -> str | None:
         f"warning: {short} of {len(snl)} SNL trials hit linearize.max_epochs before their "
         "budget: raise it or linearize.c0"
     )
+
+
+def print_infeasible(configs: pd.DataFrame) -> None:
+    """Say how many configurations a ``--max-accuracy-drop`` sweep left out of the front."""
+    infeasible = int((~aggregate.feasible_mask(configs)).sum())
+    if infeasible:
+        limit = float(configs["max_accuracy_drop"].dropna().iloc[0])
+        print(
+            f"{infeasible} infeasible configuration(s) (validation accuracy more than "
+            f"{limit:g} points below the base model's) left out of the front"
+        )
 
 
 def plot_pareto(configs: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

@@ -37,10 +37,18 @@ from tune_linfair import results
 from tune_linfair.cache import Artifact
 from tune_linfair.checkpointing import STATE_FILE, checkpoint_due, load_state, save_state
 from tune_linfair.config import ExperimentConfig
+from tune_linfair.lost import row_trial_id, trial_values
 from tune_linfair.retries import CHECKPOINT_EVERY, CHECKPOINTS_KEPT
 from tune_linfair.spaces import parse_space
 from tune_linfair.stages import run_base, run_diagnose, run_linearize, run_trial
-from tune_linfair.trial import OBJECTIVES, TrialParams, accuracy_drop_points, fraction, trial_row
+from tune_linfair.trial import (
+    OBJECTIVES,
+    TrialParams,
+    accuracy_drop_points,
+    constraint_columns,
+    fraction,
+    trial_row,
+)
 
 
 @dataclass(frozen=True)
@@ -75,17 +83,10 @@ def node_id() -> str | None:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
-def trial_values(config: dict) -> dict:
-    """The trial parameters from a Tune config (grid points arrive under ``point``, with
-    their ``point_index``, which is not a parameter)."""
-    return {k: v for k, v in config.get("point", config).items() if k != "point_index"}
-
-
 def _trial_id(config: dict) -> str:
-    """Stable id for Parquet rows: the grid point's index for grid runs (so a rerun after a
-    crash replaces its row), else Tune's trial id."""
+    """Stable id for Parquet rows (:func:`tune_linfair.lost.row_trial_id`)."""
     if "point_index" in config.get("point", {}):
-        return f"grid{int(config['point']['point_index']):05d}"
+        return row_trial_id(config, "")
     return tune.get_context().get_trial_id()
 
 
@@ -275,6 +276,7 @@ def search_trial(config: dict, context: SweepContext) -> None:
             checkpoint=checkpointer,
         )
         row = {**outcome.trial_row, "node_id": node_id()}
+        row.update(constraint_columns(row, context.max_accuracy_drop))
         bad = [o.name for o in OBJECTIVES if not math.isfinite(float(row[o.name]))]
         if bad:
             raise FloatingPointError(f"objective {bad[0]} is {row[bad[0]]}")
@@ -291,6 +293,7 @@ def search_trial(config: dict, context: SweepContext) -> None:
             node_id=node_id(),
             device=str(device),
         )
+        failed.update(max_accuracy_drop=context.max_accuracy_drop)
         try:
             results.write_trial(run_dir, failed, [], [])
         except OSError as write_err:  # disk full, run directory gone or read-only

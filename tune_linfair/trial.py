@@ -253,6 +253,15 @@ def accuracy_drop_points(base_accuracy: float, accuracy: float) -> float:
     return 100.0 * (float(base_accuracy) - float(accuracy))
 
 
+def constraint_columns(row: Mapping[str, Any], max_accuracy_drop: float | None) -> dict:
+    """The ``max_accuracy_drop`` and ``feasible`` columns of a trials row in a sweep with
+    ``--max-accuracy-drop`` (``feasible`` null when unconstrained or the trial failed)."""
+    if max_accuracy_drop is None or row.get("status") != "ok":
+        return {"max_accuracy_drop": max_accuracy_drop, "feasible": None}
+    drop = accuracy_drop_points(row["base_val_accuracy"], row["val_accuracy"])
+    return {"max_accuracy_drop": max_accuracy_drop, "feasible": bool(drop <= max_accuracy_drop)}
+
+
 # -- the row ------------------------------------------------------------------------------
 MEASURED: tuple[str, ...] = (
     "relu_count",
@@ -328,6 +337,7 @@ def trial_row(
         "seed": params.seed,
     }
     row.update({k: None if measured is None else measured[k] for k in MEASURED})
+    row.update(max_accuracy_drop=None, feasible=None)  # set by a constrained sweep
     row.update(
         resumed_from_epoch=resumed_from_epoch,
         wall_time_s=wall_time_s,
