@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 ENV = {
@@ -38,3 +40,18 @@ def session_pids(sid: int) -> list[int]:
         if int(fields[3]) == sid and fields[0] != "Z":  # state, ppid, pgrp, session
             pids.append(int(entry.name))
     return pids
+
+
+def kill_session(sid: int, wait_s: float = 10.0) -> None:
+    """SIGKILL every live process of the session this test started (by id, nothing else)
+    and wait until none is left."""
+    deadline = time.monotonic() + wait_s
+    while pids := session_pids(sid):
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes {pids} of session {sid} survive SIGKILL")
+        time.sleep(0.05)

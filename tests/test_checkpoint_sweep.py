@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import ENV, NO_HESSIAN, session_pids
+from sweep_helpers import ENV, NO_HESSIAN, kill_session, session_pids
 
 from tune_linfair import results, rundir
 from tune_linfair.spaces import parse_space
@@ -77,19 +77,6 @@ def start_sweep(args: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
         )
-
-
-def kill_session(sid: int, wait_s: float = 10.0) -> None:
-    """SIGKILL every live process of the session this test started, by id."""
-    deadline = time.monotonic() + wait_s
-    while pids := session_pids(sid):
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        assert time.monotonic() < deadline, f"processes {pids} of session {sid} survive"
-        time.sleep(0.05)
 
 
 def finetune_checkpoints(run: Path) -> list[dict]:

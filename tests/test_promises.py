@@ -33,13 +33,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sweep_helpers import ENV, NO_HESSIAN, TINY
+from sweep_helpers import ENV, NO_HESSIAN, TINY, kill_session
 from test_search import (
     GRID2,
     artifact_dirs,
     assert_optuna_matches,
     assert_tables,
-    kill_session,
     run_sweep,
     start_sweep,
 )
@@ -73,9 +72,13 @@ def lock_holders(lock: Path) -> list[int]:
 def test_trial_killed_before_its_row_counts_as_failed(ray_address: str, tmp_path: Path) -> None:
     """The first grid trial's worker is SIGKILLed while it trains the base model (no fault
     injected: the real process dies, as it would on the OOM killer); the second trial runs.
-    Before the fix the summary said "1 trials (1 ok, 0 failed)" and the command exited 0."""
+    Before the fix the summary said "1 trials (1 ok, 0 failed)" and the command exited 0.
+    The trial builds its base model itself (``--no-prebuild``) and is not retried
+    (``--max-failures 0``; a retried trial continues from its checkpoint, tested in
+    tests/test_checkpoint_sweep.py), so the kill loses it for good."""
     storage, run = tmp_path / "runs", tmp_path / "runs" / "lost"
     args = [*GRID2, "--max-concurrent", "1", "--address", ray_address]
+    args += ["--no-prebuild", "--max-failures", "0"]
     args += ["--storage-path", str(storage), "--run-dir", str(run), *TINY, *NO_HESSIAN]
     args += ["--set", "base.epochs=4"]
     proc = start_sweep(args, tmp_path / "log.txt")

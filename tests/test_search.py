@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from sweep_helpers import ENV, NO_HESSIAN, TINY, session_pids
+from sweep_helpers import ENV, NO_HESSIAN, TINY, kill_session
 
 from tune_linfair import aggregate, preflight, results, search
 from tune_linfair.cache import computations
@@ -46,21 +46,6 @@ STAGES_X_SPLITS = 3 * 2  # (base, linearized, finetuned) x (val, test)
 
 
 # -- helpers ------------------------------------------------------------------------------
-def kill_session(sid: int, wait_s: float = 10.0) -> None:
-    """SIGKILL every live process of the session this test started (by id, nothing else)
-    and wait until none is left."""
-    deadline = time.monotonic() + wait_s
-    while pids := session_pids(sid):
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"processes {pids} of session {sid} survive SIGKILL")
-        time.sleep(0.05)
-
-
 def start_sweep(args: list[str], log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "tune_linfair.search", *args]
     with open(log, "w") as out:

@@ -8,7 +8,8 @@ of one trial, so the search trials find their artifacts built instead of waiting
 while one of them builds (README "Running sweeps"). After it, **diagnose** computes the full
 diagnostics of the trials :func:`tune_linfair.jobs.diagnose_targets` picks. A phase whose
 work the cache (or, for diagnose, the ``stages`` table) already holds is skipped; a phase
-interrupted with its driver is started again on ``--resume`` for what is still missing.
+interrupted with its driver is restored on ``--resume``, its unfinished runs continuing
+from their last checkpoint.
 """
 
 from __future__ import annotations
@@ -44,27 +45,36 @@ from tune_linfair.trial import SEARCHES, suggest
 @dataclasses.dataclass(frozen=True)
 class PhaseRunner:
     """What every phase's Tune experiment shares: the sweep's context, the run directory,
-    one trial's resources, how many trials run at once, and how many times a trial whose
-    worker died is retried (from its last checkpoint)."""
+    one trial's resources, how many trials run at once, how many times a trial whose
+    worker died is retried (from its last checkpoint), and whether the sweep is resumed."""
 
     context: SweepContext
     run: RunDir
     resources: dict[str, float]
     max_concurrent: int
     max_failures: int
+    resume: bool
     interrupted: Callable[[], bool]
 
     def run_phase(self, name: str, trainable: Callable, jobs: list[dict[str, Any]]) -> int:
-        """Run ``trainable`` once per job as the Tune experiment ``RUN/tune/<name>``; a
-        previous, unfinished experiment of that name is discarded (what it built is in the
-        cache). Returns the number of runs that failed."""
+        """Run ``trainable`` once per job as the Tune experiment ``RUN/tune/<name>``.
+        Returns the number of runs that failed.
+
+        On ``--resume``, an experiment of that name left by a killed driver is restored: its
+        unfinished runs continue from their last checkpoint (base training), the finished
+        ones stay done. Otherwise a stale one is discarded (what it built is in the cache)."""
         if not jobs:
             return 0
-        shutil.rmtree(self.run.tune / name, ignore_errors=True)
+        path = self.run.tune / name
+        trainable = tune.with_resources(
+            tune.with_parameters(trainable, context=self.context), self.resources
+        )
+        if self.resume and tune.Tuner.can_restore(str(path)):
+            grid = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=False).fit()
+            return sum(1 for r in grid if r.error is not None)
+        shutil.rmtree(path, ignore_errors=True)
         tuner = tune.Tuner(
-            tune.with_resources(
-                tune.with_parameters(trainable, context=self.context), self.resources
-            ),
+            trainable,
             param_space={"job": tune.grid_search(jobs)},
             tune_config=tune.TuneConfig(
                 num_samples=1, max_concurrent_trials=self.max_concurrent, reuse_actors=True
@@ -88,7 +98,6 @@ def search(
     trials: int,
     sampler_seed: int,
     constrained: bool,
-    resume: bool,
 ) -> ResultGrid:
     """The search phase (``grid`` for ``--objective grid``): the fine-tune-and-evaluate trials
     (:func:`tune_linfair.trainables.search_trial`), ``trials`` configurations times the
@@ -101,7 +110,7 @@ def search(
         tune.with_parameters(search_trial, context=runner.context), runner.resources
     )
     path = runner.run.tune / name
-    if resume and tune.Tuner.can_restore(str(path)):
+    if runner.resume and tune.Tuner.can_restore(str(path)):
         # Optuna trials left RUNNING by the killed driver stay RUNNING here: the restored
         # searcher tells those whose Tune trials it reruns; the rest are told FAIL after the
         # fit (failing them first would refuse the reruns' results). Errored trials rerun

@@ -352,6 +352,7 @@ def run_sweep(args: argparse.Namespace) -> Path | None:
                 resources={"cpu": args.cpus_per_trial, "gpu": gpus},
                 max_concurrent=args.max_concurrent or space.max_concurrent,
                 max_failures=args.max_failures,
+                resume=args.resume,
                 interrupted=lambda: interrupt.seen,
             )
             if not args.no_prebuild:
@@ -364,7 +365,6 @@ def run_sweep(args: argparse.Namespace) -> Path | None:
                     trials=args.trials or space.trials,
                     sampler_seed=args.seed,
                     constrained=args.max_accuracy_drop is not None,
-                    resume=args.resume,
                 )
             if not interrupt.seen:
                 orphans = rundir.fail_orphan_optuna_trials(run_dir)
