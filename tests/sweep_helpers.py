@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -54,4 +55,13 @@ def kill_session(sid: int, wait_s: float = 10.0) -> None:
                 pass
         if time.monotonic() > deadline:
             raise AssertionError(f"processes {pids} of session {sid} survive SIGKILL")
+        time.sleep(0.05)
+
+
+def wait_for(proc: subprocess.Popen, ready, timeout: float = 180) -> None:
+    """Poll ``ready()`` every 0.05 s while the sweep runs; fail if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, "the sweep ended before the kill point"
+        assert time.monotonic() < deadline, "the kill point never came"
         time.sleep(0.05)

@@ -24,11 +24,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from sweep_helpers import ENV, NO_HESSIAN, kill_session, session_pids
+from sweep_helpers import ENV, NO_HESSIAN, kill_session, session_pids, wait_for
 
 from tune_linfair import results, rundir
 from tune_linfair.spaces import parse_space
@@ -93,14 +92,6 @@ def finetune_checkpoints(run: Path) -> list[dict]:
     return rows
 
 
-def wait_for(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, "the sweep ended before the kill point"
-        assert time.monotonic() < deadline, "the kill point never came"
-        time.sleep(0.05)
-
-
 def trial_worker(sid: int) -> int:
     """The pid of the Ray worker running the trial: ``ray::ImplicitFunc...`` in the sweep's
     session (one trial at a time, so exactly one)."""
@@ -128,12 +119,12 @@ def killed_sweep(tmp_path_factory) -> dict:
     try:
         # 1. a fine-tuning checkpoint is registered (the next one exists: Tune took the
         # first one before it let training go on), then the worker dies
-        wait_for(proc, lambda: len(finetune_checkpoints(run)) >= 2)
+        wait_for(proc, lambda: len(finetune_checkpoints(run)) >= 2, timeout=240)
         os.kill(trial_worker(proc.pid), signal.SIGKILL)
         seen = finetune_checkpoints(run)
         state["worker_kill"] = {"epochs_done": [r["checkpoint_epoch"] + 1 for r in seen]}
         # 2. the retried trial continues and checkpoints three times, then the driver dies
-        wait_for(proc, lambda: len(finetune_checkpoints(run)) >= len(seen) + 3)
+        wait_for(proc, lambda: len(finetune_checkpoints(run)) >= len(seen) + 3, timeout=240)
     finally:
         kill_session(proc.pid)
         proc.wait()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sweep_helpers import ENV, NO_HESSIAN, TINY, kill_session
+from sweep_helpers import ENV, NO_HESSIAN, TINY, kill_session, wait_for
 from test_search import (
     GRID2,
     artifact_dirs,
@@ -249,15 +249,6 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
             env={**ENV, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )
-
-
-def wait_for(proc: subprocess.Popen, ready, timeout: float = 180) -> None:
-    """Poll ``ready()`` every 0.05 s while the sweep runs; fail if it ends first."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert proc.poll() is None, "the sweep ended before the kill point"
-        assert time.monotonic() < deadline, "the kill point never came"
-        time.sleep(0.05)
 
 
 def sigkill_when(proc: subprocess.Popen, ready) -> int:
