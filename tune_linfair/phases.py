@@ -237,7 +237,11 @@ def prebuild(
         return
     jobs = linearize_jobs(space, objective)
     if jobs is None:
-        print("phase linearize: budgets are a range; models are built by the trials", flush=True)
+        print(
+            "phase linearize: a method, budget, mask mitigation or seed is searched over a "
+            "range; the trials build their models",
+            flush=True,
+        )
         return
     jobs = [j for j in jobs if (j.method, j.budget) not in unreachable]
     todo_lin = [j for j in jobs if not in_cache(space.experiment, cache, j.seed, j)]
